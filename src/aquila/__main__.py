@@ -1,0 +1,5 @@
+import sys
+
+from aquila.cli import main
+
+sys.exit(main())

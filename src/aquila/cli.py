@@ -1,0 +1,60 @@
+"""The `aquila` command: parses arguments and dispatches to the package that owns each command.
+
+Each package exposes ``register(subparsers)`` in its ``commands`` module; those modules import
+heavy dependencies (torch, tokenizers) lazily so that ``--help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from aquila.errors import UserError
+
+COMMAND_MODULES = [
+    "aquila.model.commands",
+    "aquila.tokenizer.commands",
+    "aquila.data.commands",
+    "aquila.engine.commands",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="aquila",
+        description="Pretrain bilingual (English/Chinese) Aquila2-style language models.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name == name:
+                continue
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        if args.command is None:
+            # `aquila` alone: the default bilingual training run, as `aquila train` would do.
+            args = parser.parse_args(["train", *(argv or sys.argv[1:])])
+        else:
+            parser.parse_args([args.command, "--help"])
+    try:
+        return int(args.func(args) or 0)
+    except UserError as exc:
+        print(f"aquila: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("aquila: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

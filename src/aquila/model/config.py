@@ -1,0 +1,130 @@
+"""Model configuration and the named presets of the Aquila2 family."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from aquila.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
+
+    from aquila.model.transformer import AquilaModel
+
+# Aquila2's vocabulary: 100,000 BPE tokens + 8 special tokens; [CLS] is BOS and </s> is EOS.
+AQUILA2_VOCAB = 100_008
+
+
+@dataclass
+class ModelConfig:
+    """Shape and numerics of an Aquila2 decoder (Llama architecture: RMSNorm, SwiGLU, RoPE, GQA)."""
+
+    vocab_size: int = AQUILA2_VOCAB
+    hidden_size: int = 4096
+    n_layers: int = 32
+    n_heads: int = 32
+    n_kv_heads: int = 32
+    ffn_size: int = 11008
+    max_seq_len: int = 2048
+    rope_base: float = 10000.0
+    # Linear position interpolation for long context: positions are divided by this factor.
+    rope_scaling: float = 1.0
+    norm_eps: float = 1e-5
+    init_std: float = 0.02
+    # Mixture of experts: 0 experts means a dense SwiGLU FFN in every layer.
+    n_experts: int = 0
+    top_k: int = 2
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.n_heads
+
+    def validate(self) -> None:
+        checks = [
+            (self.hidden_size > 0 and self.n_layers > 0, "hidden_size and n_layers must be positive"),
+            (self.n_heads > 0 and self.hidden_size % self.n_heads == 0,
+             f"hidden_size {self.hidden_size} must be divisible by n_heads {self.n_heads}"),
+            (self.n_kv_heads > 0 and self.n_heads % self.n_kv_heads == 0,
+             f"n_heads {self.n_heads} must be a multiple of n_kv_heads {self.n_kv_heads}"),
+            (self.head_dim % 2 == 0, f"head_dim {self.head_dim} must be even for rotary embeddings"),
+            (self.vocab_size > 0 and self.ffn_size > 0, "vocab_size and ffn_size must be positive"),
+            (self.rope_scaling >= 1.0, "rope_scaling must be >= 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise UserError(f"invalid model config: {message}")
+
+    def replace(self, **changes: Any) -> ModelConfig:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise UserError(
+                f"unknown model config key(s) {unknown}; valid keys: {sorted(known)}"
+            )
+        return cls(**data)
+
+    def build(self, device: torch.device | str | None = None) -> AquilaModel:
+        """Instantiate the model; ``device='meta'`` allocates nothing."""
+        from aquila.model.transformer import AquilaModel
+
+        return AquilaModel(self, device=device)
+
+
+_PRESETS: dict[str, ModelConfig] = {
+    # The published Aquila2 shapes (head dim 128, untied embeddings, vocab 100,008).
+    "aquila2-7b": ModelConfig(
+        hidden_size=4096, n_layers=32, n_heads=32, n_kv_heads=32, ffn_size=11008,
+        max_seq_len=2048, init_std=0.02,
+    ),
+    "aquila2-34b": ModelConfig(
+        hidden_size=6144, n_layers=60, n_heads=48, n_kv_heads=8, ffn_size=24576,
+        max_seq_len=4096, init_std=0.0165,
+    ),
+    "aquila2-70b": ModelConfig(
+        hidden_size=8192, n_layers=80, n_heads=64, n_kv_heads=8, ffn_size=28672,
+        max_seq_len=4096, init_std=0.0149,
+    ),
+    # A ~1.1B model for one GPU (Aquila2 proportions, GQA 16/4 heads of 128).
+    "aquila2-1b": ModelConfig(
+        hidden_size=2048, n_layers=16, n_heads=16, n_kv_heads=4, ffn_size=5632,
+        max_seq_len=4096,
+    ),
+    # CPU presets with a small vocabulary: a 100k vocabulary would dominate a model this size.
+    "aquila-10m": ModelConfig(
+        vocab_size=8192, hidden_size=256, n_layers=6, n_heads=4, n_kv_heads=4, ffn_size=688,
+        max_seq_len=256,
+    ),
+    "aquila-50m": ModelConfig(
+        vocab_size=16384, hidden_size=512, n_layers=10, n_heads=8, n_kv_heads=4, ffn_size=1376,
+        max_seq_len=512,
+    ),
+    # For tests: a few hundred thousand parameters.
+    "aquila-test": ModelConfig(
+        vocab_size=512, hidden_size=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_size=160,
+        max_seq_len=128,
+    ),
+}
+
+
+def preset_names() -> list[str]:
+    return list(_PRESETS)
+
+
+def get_preset(name: str, **overrides: Any) -> ModelConfig:
+    """Return a copy of the named preset, with optional field overrides."""
+    if name not in _PRESETS:
+        raise UserError(f"unknown preset {name!r}; known presets: {', '.join(_PRESETS)}")
+    return _PRESETS[name].replace(**overrides)
