@@ -1,0 +1,117 @@
+"""Checkpoints: a model dir plus the training state, renamed into place only when complete.
+
+``RUN_DIR/checkpoints/step-00000100/`` holds ``model.json`` + ``model.safetensors`` (a loadable
+model dir) and ``train_state.pt`` (optimizer, schedule, RNG, data position, history). It is
+written under a temporary name, fsynced and renamed, so a kill or a full disk at any moment
+leaves every earlier checkpoint intact and never exposes a half-written one.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from aquila.errors import UserError
+from aquila.model.io import load_model_dir, save_model_dir
+
+STATE_FILE = "train_state.pt"
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+def checkpoint_dir(run_dir: Path, step: int) -> Path:
+    return run_dir / "checkpoints" / f"step-{step:08d}"
+
+
+def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
+    root = run_dir / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = []
+    for p in root.iterdir():
+        m = _STEP_DIR.match(p.name)
+        if m and p.is_dir() and (p / STATE_FILE).is_file():
+            found.append((int(m.group(1)), p))
+    return sorted(found)
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    found = list_checkpoints(run_dir)
+    return found[-1][1] if found else None
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(
+    run_dir: Path, step: int, model: torch.nn.Module, state: dict[str, Any]
+) -> Path:
+    final = checkpoint_dir(run_dir, step)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".tmp-{final.name}-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        save_model_dir(model, tmp)
+        with open(tmp / STATE_FILE, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        _fsync_dir(tmp)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _fsync_dir(final.parent)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if exc.errno == errno.ENOSPC:
+            last = latest_checkpoint(run_dir)
+            raise UserError(
+                f"disk full while saving checkpoint {final}; nothing was overwritten, the last good "
+                f"checkpoint is {last or 'none'}"
+            ) from None
+        raise
+    return final
+
+
+def load_checkpoint(path: Path, model: torch.nn.Module) -> dict[str, Any]:
+    """Load weights into ``model`` (shapes must match) and return the training state."""
+    if not (path / STATE_FILE).is_file():
+        raise UserError(f"{path} is not a training checkpoint (no {STATE_FILE})")
+    loaded = load_model_dir(path, device="cpu")
+    if loaded.cfg.to_dict() != model.cfg.to_dict():
+        diff = {
+            k: (v, model.cfg.to_dict()[k])
+            for k, v in loaded.cfg.to_dict().items()
+            if model.cfg.to_dict().get(k) != v
+        }
+        raise UserError(
+            f"checkpoint {path} is for another model shape: "
+            + ", ".join(f"{k}={a} (config says {b})" for k, (a, b) in diff.items())
+        )
+    model.load_state_dict(loaded.state_dict())
+    try:
+        return torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise UserError(f"cannot read {path / STATE_FILE}: {exc}") from None
+
+
+def prune_checkpoints(run_dir: Path, keep_last: int, keep_every: int = 0) -> list[Path]:
+    """Delete all but the newest ``keep_last`` checkpoints (and every ``keep_every``-th step)."""
+    found = list_checkpoints(run_dir)
+    removed = []
+    for step, path in found[: max(0, len(found) - keep_last)]:
+        if keep_every and step % keep_every == 0:
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed

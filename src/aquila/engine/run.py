@@ -1,0 +1,204 @@
+"""Assemble a training run from a config: run directory, tokenizer, data, model, callbacks."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from aquila.engine.callbacks import (
+    Callback,
+    GracefulInterrupt,
+    MetricsLog,
+    ProgressReporter,
+    TimeLimit,
+)
+from aquila.engine.checkpoint import latest_checkpoint
+from aquila.engine.config import TrainConfig, load_config
+from aquila.engine.data import TrainData, open_train_data
+from aquila.engine.device import pick_device
+from aquila.engine.trainer import DistInfo, Trainer
+from aquila.errors import UserError
+from aquila.tokenizer import Tokenizer
+
+CONFIG_FILE = "config.toml"
+
+
+def cache_dir() -> Path:
+    """Where trained default tokenizers and sample shards are kept between runs."""
+    root = os.environ.get("AQUILA_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "aquila"
+    )
+    return Path(root)
+
+
+def new_run_dir(base: str | Path = "runs") -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path = Path(base) / f"run-{stamp}"
+    n = 1
+    while path.exists():
+        n += 1
+        path = Path(base) / f"run-{stamp}-{n}"
+    return path
+
+
+@dataclass
+class PreparedRun:
+    cfg: TrainConfig
+    run_dir: Path
+    tokenizer: Tokenizer
+    data: TrainData
+    trainer: Trainer
+    resumed_from: Path | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _prepare_tokenizer(cfg: TrainConfig, run_dir: Path) -> Tokenizer:
+    run_tok = run_dir / "tokenizer"
+    if (run_tok / "tokenizer.json").is_file():
+        return Tokenizer.load(run_tok)
+    if cfg.tokenizer:
+        src = Path(cfg.tokenizer)
+    elif not cfg.data.dir:
+        from aquila.tokenizer.train import default_tokenizer
+
+        src = default_tokenizer(cache_dir(), vocab_size=cfg.model.vocab_size - 8)
+    else:
+        raise UserError("tokenizer is required when data.dir is set: --set tokenizer=DIR")
+    tok = Tokenizer.load(src)
+    tok.save(run_tok)
+    return tok
+
+
+def sample_shards(tokenizer: Tokenizer, show_progress: bool = True) -> Path:
+    """Tokenize the bundled sample corpus' train split once per tokenizer (cached)."""
+    from aquila.data.samples import CORPUS_VERSION, load_sample_corpus
+    from aquila.data.shards import tokenize_source
+
+    out = cache_dir() / f"shards-{CORPUS_VERSION}-{tokenizer.hash}"
+    if (out / "COMPLETE").is_file():
+        return out
+    raw = cache_dir() / f"samples-{CORPUS_VERSION}" / "train"
+    raw.mkdir(parents=True, exist_ok=True)
+    for source in load_sample_corpus("train"):
+        path = raw / f"{source.name}.jsonl"
+        if not path.is_file():
+            tmp = path.with_suffix(".tmp")
+            with tmp.open("w", encoding="utf-8") as f:
+                for i, text in enumerate(source.documents):
+                    f.write(
+                        json.dumps({"id": f"{source.name}-{i}", "text": text}, ensure_ascii=False)
+                        + "\n"
+                    )
+            os.replace(tmp, path)
+        tokenize_source(
+            source.name,
+            [path],
+            tokenizer,
+            out,
+            lang=source.lang,
+            kind=source.kind,
+            show_progress=show_progress,
+        )
+    (out / "COMPLETE").write_text("ok\n")
+    return out
+
+
+def prepare_run(
+    cfg: TrainConfig | None = None,
+    *,
+    resume: str | Path | None = None,
+    overrides: list[str] | None = None,
+    callbacks: list[Callback] | None = None,
+    dist: DistInfo | None = None,
+    progress: bool | None = None,
+    quiet: bool = False,
+) -> PreparedRun:
+    dist = dist or DistInfo()
+    resumed_from = None
+    if resume:
+        run_dir = Path(resume)
+        if not (run_dir / CONFIG_FILE).is_file():
+            raise UserError(f"--resume {run_dir}: not a run directory (no {CONFIG_FILE})")
+        cfg = load_config(run_dir / CONFIG_FILE, overrides)
+        resumed_from = latest_checkpoint(run_dir)
+        if resumed_from is None:
+            raise UserError(
+                f"--resume {run_dir}: no complete checkpoint in {run_dir / 'checkpoints'}"
+            )
+    else:
+        cfg = cfg or load_config(None, overrides)
+        run_dir = Path(cfg.run_dir) if cfg.run_dir else new_run_dir()
+        if latest_checkpoint(run_dir) is not None:
+            raise UserError(
+                f"run directory {run_dir} already has checkpoints: continue it with "
+                f"`aquila train --resume {run_dir}` or choose another run_dir"
+            )
+    cfg.run_dir = str(run_dir)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer = _prepare_tokenizer(cfg, run_dir)
+    if cfg.model.vocab_size < tokenizer.vocab_size:
+        raise UserError(
+            f"model.vocab_size {cfg.model.vocab_size} is smaller than the tokenizer's "
+            f"{tokenizer.vocab_size}: --set model.vocab_size={tokenizer.vocab_size}"
+        )
+    data_dir = cfg.data.dir or sample_shards(tokenizer, show_progress=not quiet)
+    data = open_train_data(
+        data_dir,
+        cfg.data.sources,
+        cfg.data.seq_len,
+        cfg.data.seed,
+        cfg.data.weights,
+        tokenizer.hash,
+    )
+    if cfg.data.mixture and not resume:
+        _apply_mixture_file(cfg, data)
+    if cfg.data.seq_len > cfg.model.max_seq_len:
+        raise UserError(
+            f"data.seq_len {cfg.data.seq_len} exceeds model.max_seq_len {cfg.model.max_seq_len}"
+        )
+    if dist.rank == 0:
+        cfg.save(run_dir / CONFIG_FILE)
+    device = pick_device(cfg.train.device)
+    torch.manual_seed(cfg.train.seed)
+    model = cfg.model.build(device=device)
+    cbs: list[Callback] = [MetricsLog(run_dir / "metrics.jsonl"), GracefulInterrupt()]
+    if cfg.train.max_seconds:
+        cbs.append(TimeLimit(cfg.train.max_seconds))
+    if not quiet:
+        cbs.append(ProgressReporter(cfg.train.max_steps, use_bar=progress))
+    cbs.extend(callbacks or [])
+    trainer = Trainer(cfg, model, data, run_dir, cbs, device=device, dist=dist)
+    trainer.register_state("data", data)
+    if resumed_from is not None:
+        trainer.resume_from(resumed_from)
+    return PreparedRun(cfg, run_dir, tokenizer, data, trainer, resumed_from)
+
+
+def _apply_mixture_file(cfg: TrainConfig, data: TrainData) -> None:
+    from aquila.data.mixture import load_mixture
+
+    plan = load_mixture(cfg.data.mixture, known_sources=set(data.sources))
+    for from_g, weights in plan.segments(cfg.data.seq_len):
+        data.set_weights(from_g, weights)
+
+
+def print_line(text: str = "", json_mode: bool = False) -> None:
+    # With --json, stdout carries only the final object; human-readable lines go to stderr.
+    print(text, file=sys.stderr if json_mode else sys.stdout, flush=True)
+
+
+def copy_tokenizer(src: Path, dst: Path) -> None:
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        if (src / name).is_file():
+            shutil.copy2(src / name, dst / name)

@@ -1,0 +1,144 @@
+"""The run database: one SQLite file per run directory, written by the trainer, read by tools.
+
+It holds step metrics, events (anomalies, applied commands), the control queue and evaluation
+results, so the dashboard and `aquila control` work while training writes (WAL mode allows one
+writer and many readers). The schema uses plain tables and portable types so that a server
+database could take its place.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+DB_FILE = "run.sqlite"
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS metrics (
+    step INTEGER NOT NULL,
+    time REAL NOT NULL,
+    data TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS metrics_step ON metrics(step);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    step INTEGER NOT NULL,
+    time REAL NOT NULL,
+    kind TEXT NOT NULL,
+    severity TEXT NOT NULL,
+    message TEXT NOT NULL,
+    data TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS commands (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    created REAL NOT NULL,
+    kind TEXT NOT NULL,
+    args TEXT NOT NULL,
+    status TEXT NOT NULL,
+    applied_step INTEGER,
+    reason TEXT
+);
+CREATE TABLE IF NOT EXISTS evals (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    step INTEGER NOT NULL,
+    time REAL NOT NULL,
+    task TEXT NOT NULL,
+    data TEXT NOT NULL
+);
+"""
+
+
+class RunDB:
+    def __init__(self, run_dir: str | Path):
+        self.path = Path(run_dir) / DB_FILE
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.connect() as con:
+            con.executescript(SCHEMA)
+
+    @contextmanager
+    def connect(self) -> Iterator[sqlite3.Connection]:
+        con = sqlite3.connect(self.path, timeout=30)
+        try:
+            con.execute("PRAGMA journal_mode=WAL")
+            con.execute("PRAGMA synchronous=NORMAL")
+            con.row_factory = sqlite3.Row
+            with con:
+                yield con
+        finally:
+            con.close()
+
+    # -- metrics and events -------------------------------------------------------------------
+    def add_metrics(self, step: int, data: dict[str, Any]) -> None:
+        with self.connect() as con:
+            con.execute(
+                "INSERT INTO metrics(step, time, data) VALUES (?, ?, ?)",
+                (step, time.time(), json.dumps(data)),
+            )
+
+    def metrics(self, since_step: int = -1) -> list[dict[str, Any]]:
+        with self.connect() as con:
+            rows = con.execute(
+                "SELECT data FROM metrics WHERE step > ? ORDER BY step", (since_step,)
+            ).fetchall()
+        return [json.loads(r["data"]) for r in rows]
+
+    def add_event(
+        self, step: int, kind: str, message: str, severity: str = "info", **data: Any
+    ) -> None:
+        with self.connect() as con:
+            con.execute(
+                "INSERT INTO events(step, time, kind, severity, message, data) VALUES (?,?,?,?,?,?)",
+                (step, time.time(), kind, severity, message, json.dumps(data)),
+            )
+
+    def events(self, kind: str | None = None) -> list[dict[str, Any]]:
+        q = "SELECT * FROM events" + (" WHERE kind = ?" if kind else "") + " ORDER BY id"
+        with self.connect() as con:
+            rows = con.execute(q, (kind,) if kind else ()).fetchall()
+        return [{**dict(r), "data": json.loads(r["data"])} for r in rows]
+
+    # -- the control queue --------------------------------------------------------------------
+    def enqueue(self, kind: str, **args: Any) -> int:
+        with self.connect() as con:
+            cur = con.execute(
+                "INSERT INTO commands(created, kind, args, status) VALUES (?, ?, ?, 'pending')",
+                (time.time(), kind, json.dumps(args)),
+            )
+            return int(cur.lastrowid)
+
+    def pending(self) -> list[dict[str, Any]]:
+        with self.connect() as con:
+            rows = con.execute(
+                "SELECT * FROM commands WHERE status = 'pending' ORDER BY id"
+            ).fetchall()
+        return [{**dict(r), "args": json.loads(r["args"])} for r in rows]
+
+    def resolve(self, command_id: int, status: str, step: int, reason: str = "") -> None:
+        with self.connect() as con:
+            con.execute(
+                "UPDATE commands SET status = ?, applied_step = ?, reason = ? WHERE id = ?",
+                (status, step, reason, command_id),
+            )
+
+    def commands(self) -> list[dict[str, Any]]:
+        with self.connect() as con:
+            rows = con.execute("SELECT * FROM commands ORDER BY id").fetchall()
+        return [{**dict(r), "args": json.loads(r["args"])} for r in rows]
+
+    # -- evaluation results -------------------------------------------------------------------
+    def add_eval(self, step: int, task: str, data: dict[str, Any]) -> None:
+        with self.connect() as con:
+            con.execute(
+                "INSERT INTO evals(step, time, task, data) VALUES (?, ?, ?, ?)",
+                (step, time.time(), task, json.dumps(data)),
+            )
+
+    def evals(self) -> list[dict[str, Any]]:
+        with self.connect() as con:
+            rows = con.execute("SELECT * FROM evals ORDER BY id").fetchall()
+        return [{**dict(r), "data": json.loads(r["data"])} for r in rows]

@@ -1,0 +1,321 @@
+"""The training loop: short on purpose; everything that watches or steers it is a callback."""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from aquila.engine.callbacks import Callback
+from aquila.engine.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    prune_checkpoints,
+    save_checkpoint,
+)
+from aquila.engine.config import TrainConfig
+from aquila.engine.device import autocast_dtype, peak_flops, peak_memory_bytes
+from aquila.engine.optim import BatchRamp, LRSchedule, build_optimizer, set_lr
+from aquila.model.transformer import AquilaModel, flops_per_token
+
+
+@dataclass
+class TrainState:
+    step: int = 0
+    # Global index of the next sample: the whole data position of the run.
+    samples: int = 0
+    tokens: int = 0
+    train_seconds: float = 0.0
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world: int = 1
+
+
+class Trainer:
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        model: AquilaModel,
+        data: Any,
+        run_dir: Path,
+        callbacks: list[Callback] | None = None,
+        device: torch.device | None = None,
+        dist: DistInfo | None = None,
+    ):
+        """``data`` provides ``read(global_indices) -> Batch`` and ``source_names``."""
+        self.cfg = cfg
+        self.device = device or torch.device("cpu")
+        self.dist = dist or DistInfo()
+        self.model = model
+        self.train_model: torch.nn.Module = model
+        self.data = data
+        self.run_dir = run_dir
+        self.callbacks = list(callbacks or [])
+        t = cfg.train
+        if t.batch_size % self.dist.world:
+            raise ValueError(
+                f"train.batch_size {t.batch_size} must divide by world size {self.dist.world}"
+            )
+        self.ramp = BatchRamp(t.batch_size, t.ramp_start, t.ramp_increment, t.ramp_steps)
+        self.optimizer = build_optimizer(model, cfg.optim)
+        self.schedule = LRSchedule.from_config(cfg.optim, t.max_steps)
+        self.state = TrainState()
+        self.history: list[dict[str, Any]] = []  # applied commands, checkpointed with the run
+        self.amp_dtype = autocast_dtype(self.device, t.dtype)
+        self.peak = peak_flops(self.device)
+        self.flops_per_token = flops_per_token(model.cfg, cfg.data.seq_len)
+        self._stop_reason: str | None = None
+        self._stop_checkpoint = False
+        self._checkpoint_requested = False
+        self._skip_reason: str | None = None
+        self._extra_state: dict[str, Any] = {}
+        if t.compile:
+            # Compiling each block keeps compile time flat in depth and graphs reusable.
+            for block in model.layers:
+                block.compile()
+        if t.activation_checkpointing:
+            self._wrap_activation_checkpointing()
+
+    # -- public controls (used by callbacks) -------------------------------------------------
+    @property
+    def is_main(self) -> bool:
+        return self.dist.rank == 0
+
+    def request_stop(self, reason: str, checkpoint: bool = True) -> None:
+        self._stop_reason = reason
+        self._stop_checkpoint = checkpoint
+
+    def skip_update(self, reason: str) -> None:
+        """Drop this step's gradients: the batch counts as consumed but changes no weight."""
+        self._skip_reason = reason
+
+    def request_checkpoint(self) -> None:
+        self._checkpoint_requested = True
+
+    def record(self, kind: str, **details: Any) -> dict[str, Any]:
+        """Add an applied command/event to the run history (saved in checkpoints)."""
+        entry = {"step": self.state.step, "samples": self.state.samples, "kind": kind, **details}
+        self.history.append(entry)
+        return entry
+
+    def register_state(self, key: str, obj: Any) -> None:
+        """Objects with state_dict/load_state_dict that must travel with checkpoints."""
+        self._extra_state[key] = obj
+
+    # -- the loop -----------------------------------------------------------------------------
+    def fit(self) -> str:
+        t = self.cfg.train
+        for cb in self.callbacks:
+            cb.on_start(self)
+        reason = "completed"
+        window_start, window_tokens = time.perf_counter(), 0
+        try:
+            while self.state.step < t.max_steps:
+                for cb in self.callbacks:
+                    cb.before_step(self)
+                if self._stop_reason:
+                    reason = self._stop_reason
+                    break
+                step_start = time.perf_counter()
+                metrics = self.train_step()
+                self.state.train_seconds += time.perf_counter() - step_start
+                window_tokens += metrics["batch_tokens"]
+                if self.state.step % t.log_every == 0 or self.state.step == t.max_steps:
+                    elapsed = time.perf_counter() - window_start
+                    metrics = self._finalize_metrics(metrics, window_tokens, elapsed)
+                    window_start, window_tokens = time.perf_counter(), 0
+                for cb in self.callbacks:
+                    cb.on_step(self, metrics)
+                due = t.checkpoint_every and self.state.step % t.checkpoint_every == 0
+                if due or self._checkpoint_requested:
+                    self.save()
+            if self._stop_reason and reason == "completed":
+                reason = self._stop_reason
+        except BaseException:
+            for cb in self.callbacks:
+                with contextlib.suppress(Exception):
+                    cb.on_end(self, "error")
+            raise
+        if reason == "completed" or self._stop_checkpoint:
+            last = latest_checkpoint(self.run_dir)
+            if last is None or not last.name.endswith(f"{self.state.step:08d}"):
+                self.save()
+        for cb in self.callbacks:
+            cb.on_end(self, reason)
+        return reason
+
+    def train_step(self) -> dict[str, Any]:
+        t = self.cfg.train
+        global_batch = self.ramp.size_at(self.state.step)
+        local = global_batch // self.dist.world
+        micro = t.micro_batch_size or local
+        seq_len = self.cfg.data.seq_len
+        lr = self.schedule(self.state.step)
+        set_lr(self.optimizer, lr)
+        base = self.state.samples + self.dist.rank * local
+        n_sources = len(self.data.source_names)
+        loss_sum = torch.zeros((), device=self.device)
+        src_loss = torch.zeros(n_sources, device=self.device)
+        src_count = torch.zeros(n_sources, device=self.device)
+        # Each token counts once in the global mean, however the batch is split.
+        norm = float(global_batch * seq_len)
+        data_wait = 0.0
+        batch_sources, batch_indices = [], []
+        for start in range(0, local, micro):
+            n = min(micro, local - start)
+            t0 = time.perf_counter()
+            batch = self.data.read(np.arange(base + start, base + start + n, dtype=np.int64))
+            inputs = batch.inputs.to(self.device, non_blocking=True)
+            targets = batch.targets.to(self.device, non_blocking=True)
+            sources = batch.source_ids.to(self.device, non_blocking=True)
+            batch_sources.append(batch.source_ids)
+            batch_indices.append(batch.global_indices)
+            data_wait += time.perf_counter() - t0
+            with self._autocast():
+                losses = self.train_model.token_losses(inputs, targets)
+                aux = self._aux_loss()
+            loss = losses.sum() / norm
+            if aux is not None:
+                loss = loss + aux * (n / local)
+            loss.backward()
+            seq_loss = losses.detach().mean(dim=1)
+            loss_sum += seq_loss.sum() * seq_len
+            src_loss.index_add_(0, sources, seq_loss)
+            src_count.index_add_(0, sources, torch.ones_like(seq_loss))
+        self._reduce_grads_and_stats(loss_sum, src_loss, src_count)
+        grad_norm = torch.nn.utils.clip_grad_norm_(
+            self.model.parameters(), self.cfg.optim.grad_clip
+        )
+        info = {
+            "loss": loss_sum / norm,
+            "grad_norm": grad_norm,
+            "source_ids": torch.cat(batch_sources),
+            "global_indices": np.concatenate(batch_indices),
+        }
+        for cb in self.callbacks:
+            cb.before_optimizer(self, info)
+        skipped, self._skip_reason = self._skip_reason, None
+        if skipped is None:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.state.step += 1
+        self.state.samples += global_batch
+        self.state.tokens += global_batch * seq_len
+        return {
+            "step": self.state.step,
+            "lr": lr,
+            "batch_size": global_batch,
+            "batch_tokens": global_batch * seq_len,
+            "_loss": loss_sum / norm,
+            "_grad_norm": grad_norm,
+            "_src_loss": src_loss,
+            "_src_count": src_count,
+            "data_wait_s": data_wait,
+            "skipped": skipped,
+        }
+
+    # -- helpers ------------------------------------------------------------------------------
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def _aux_loss(self) -> torch.Tensor | None:
+        if self.model.cfg.n_experts <= 0:
+            return None
+        from aquila.model.moe import moe_aux_loss
+
+        return moe_aux_loss(self.model)
+
+    def _reduce_grads_and_stats(self, *stats: torch.Tensor) -> None:
+        if self.dist.world > 1:
+            import torch.distributed as dist
+
+            for s in stats:
+                dist.all_reduce(s)
+
+    def _wrap_activation_checkpointing(self) -> None:
+        from torch.utils.checkpoint import checkpoint
+
+        for block in self.model.layers:
+            forward = block.forward
+
+            def wrapped(*args, _f=forward, **kwargs):
+                return checkpoint(_f, *args, use_reentrant=False, **kwargs)
+
+            block.forward = wrapped
+
+    def _finalize_metrics(self, m: dict[str, Any], tokens: int, seconds: float) -> dict[str, Any]:
+        """Turn device tensors into numbers; only on logging steps, so other steps never sync."""
+        out = {k: v for k, v in m.items() if not k.startswith("_")}
+        out["loss"] = float(m["_loss"])
+        out["grad_norm"] = float(m["_grad_norm"])
+        counts = m["_src_count"].tolist()
+        out["source_loss"] = {
+            name: float(loss) / c
+            for name, loss, c in zip(self.data.source_names, m["_src_loss"].tolist(), counts)
+            if c > 0
+        }
+        out["tokens"] = self.state.tokens
+        out["samples"] = self.state.samples
+        out["tokens_per_s"] = tokens / max(seconds, 1e-9)
+        achieved = out["tokens_per_s"] * self.flops_per_token
+        out["mfu"] = achieved / self.peak if self.peak else None
+        out["peak_memory"] = peak_memory_bytes(self.device)
+        remaining = self.cfg.train.max_steps - self.state.step
+        per_step = seconds / max(1, self.cfg.train.log_every)
+        out["eta_s"] = remaining * per_step
+        out["time"] = time.time()
+        return out
+
+    # -- checkpoints --------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "trainer": asdict(self.state),
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "history": list(self.history),
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                "python": random.getstate(),
+            },
+            "extra": {k: v.state_dict() for k, v in self._extra_state.items()},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.state = TrainState(**state["trainer"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+        self.history = list(state.get("history", []))
+        rng = state["rng"]
+        torch.set_rng_state(rng["torch"])
+        if rng.get("cuda") and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        random.setstate(rng["python"])
+        for key, obj in self._extra_state.items():
+            if key in state.get("extra", {}):
+                obj.load_state_dict(state["extra"][key])
+
+    def save(self) -> Path | None:
+        self._checkpoint_requested = False
+        if not self.is_main:
+            return None
+        path = save_checkpoint(self.run_dir, self.state.step, self.model, self.state_dict())
+        prune_checkpoints(self.run_dir, self.cfg.train.keep_last)
+        for cb in self.callbacks:
+            cb.on_checkpoint(self, path)
+        return path
+
+    def resume_from(self, path: Path) -> None:
+        state = load_checkpoint(path, self.model)
+        self.load_state_dict(state)
