@@ -1,0 +1,318 @@
+"""Token shards: one directory per source holding its documents' tokens as a flat uint32 array.
+
+Layout of ``DATA_DIR/<source>/``:
+
+* ``tokens.bin``: little-endian uint32 token ids; every document is followed by the EOS id, so
+  packing sequences is slicing.
+* ``doc_offsets.npy``: int64 start offset of each document in ``tokens.bin``, plus the final end.
+* ``manifest.json``: counts, the tokenizer hash, the input files; written last and atomically,
+  so a directory without it is unfinished and is redone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from aquila.data.readers import Document, ReadStats, iter_documents, list_files
+from aquila.errors import UserError
+
+FORMAT_VERSION = 1
+TOKENS_FILE = "tokens.bin"
+OFFSETS_FILE = "doc_offsets.npy"
+MANIFEST_FILE = "manifest.json"
+TOKEN_DTYPE = np.dtype("<u4")
+LANGS = ("en", "zh", "code", "mixed")
+KINDS = ("web", "wiki", "book", "paper", "qa", "code", "knowledge")
+
+
+def _write_json_atomic(path: Path, obj: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        f.write(json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_manifest(source_dir: Path) -> dict | None:
+    path = source_dir / MANIFEST_FILE
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: corrupt manifest ({exc})") from None
+
+
+def _batches(docs: Iterator[Document], size: int) -> Iterator[list[Document]]:
+    batch: list[Document] = []
+    for doc in docs:
+        batch.append(doc)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _file_documents(paths: list[Path], stats: ReadStats, per_file: list[dict], on_file_done):
+    """Documents of every file in order, recording per-file document counts for tracing."""
+    for path in paths:
+        entry = {"path": str(path), "documents": 0, "bytes": path.stat().st_size}
+        per_file.append(entry)
+        for doc in iter_documents(path, stats):
+            entry["documents"] += 1
+            yield doc
+        on_file_done(entry["bytes"])
+
+
+def tokenize_source(
+    name: str,
+    paths: list[Path],
+    tokenizer,
+    data_dir: Path,
+    lang: str = "en",
+    kind: str = "web",
+    batch_docs: int = 1024,
+    show_progress: bool = True,
+    force: bool = False,
+) -> dict:
+    """Tokenize the documents of ``paths`` into ``data_dir/name``; returns the manifest.
+
+    A finished source (manifest present) is returned as is unless ``force``; an unfinished one
+    is redone from scratch. The manifest also carries ``seconds`` and ``mb_per_s`` of the run
+    that produced it (``skipped_existing`` is true when nothing was done).
+    """
+    if not name or "/" in name or name.startswith("."):
+        raise UserError(f"--name {name!r}: a source name must be a plain directory name")
+    if lang not in LANGS:
+        raise UserError(f"--lang must be one of {', '.join(LANGS)}, got {lang!r}")
+    if kind not in KINDS:
+        raise UserError(f"--kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    out = Path(data_dir) / name
+    existing = read_manifest(out)
+    if existing is not None and not force:
+        if existing.get("tokenizer_hash") != tokenizer.hash:
+            raise UserError(
+                f"{out / MANIFEST_FILE}: source {name!r} was tokenized with tokenizer "
+                f"{existing.get('tokenizer_hash')}, not {tokenizer.hash}; use --force to redo it"
+            )
+        return {**existing, "skipped_existing": True, "seconds": 0.0, "mb_per_s": 0.0}
+    files: list[Path] = []
+    for p in paths:
+        files.extend(list_files(Path(p)))
+    if not files:
+        raise UserError(f"no input files for source {name!r} in {', '.join(map(str, paths))}")
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+
+    stats = ReadStats()
+    per_file: list[dict] = []
+    total_bytes = sum(f.stat().st_size for f in files)
+    eos = np.array([tokenizer.eos_id], dtype=TOKEN_DTYPE)
+    lengths: list[np.ndarray] = []
+    text_bytes = 0
+    t0 = time.perf_counter()
+    with _progress(show_progress, f"tokenize {name}", total_bytes) as advance:
+        docs = _file_documents(files, stats, per_file, advance)
+        with (out / TOKENS_FILE).open("wb") as f:
+            for batch in _batches(docs, batch_docs):
+                texts = [d.text for d in batch]
+                encoded = tokenizer.encode_batch(texts)
+                parts = []
+                for ids in encoded:
+                    parts.append(np.asarray(ids, dtype=TOKEN_DTYPE))
+                    parts.append(eos)
+                f.write(np.concatenate(parts).tobytes())
+                lengths.append(np.fromiter((len(ids) + 1 for ids in encoded), np.int64))
+                text_bytes += sum(len(t.encode("utf-8")) for t in texts)
+            f.flush()
+            os.fsync(f.fileno())
+    seconds = time.perf_counter() - t0
+    sizes = np.concatenate(lengths) if lengths else np.zeros(0, np.int64)
+    offsets = np.zeros(len(sizes) + 1, dtype=np.int64)
+    np.cumsum(sizes, out=offsets[1:])
+    np.save(out / OFFSETS_FILE, offsets)
+    manifest = {
+        "source": name,
+        "lang": lang,
+        "kind": kind,
+        "documents": int(len(sizes)),
+        "tokens": int(offsets[-1]),
+        "bytes": int(text_bytes),
+        "tokenizer_hash": tokenizer.hash,
+        "eos_id": int(tokenizer.eos_id),
+        "files": per_file,
+        "skipped": stats.to_json(),
+        "format_version": FORMAT_VERSION,
+    }
+    _write_json_atomic(out / MANIFEST_FILE, manifest)
+    return {**manifest, "seconds": seconds, "mb_per_s": text_bytes / 1e6 / max(seconds, 1e-9)}
+
+
+class _progress:
+    """A rich progress bar over input bytes (a no-op when disabled)."""
+
+    def __init__(self, enabled: bool, label: str, total: int):
+        self.enabled, self.label, self.total = enabled, label, total
+
+    def __enter__(self):
+        if not self.enabled:
+            return lambda n: None
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+
+        self.bar = Progress(
+            "[progress.description]{task.description}",
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            # stderr keeps stdout clean for --json readers.
+            console=Console(stderr=True),
+        )
+        self.bar.start()
+        task = self.bar.add_task(self.label, total=self.total)
+        return lambda n: self.bar.advance(task, n)
+
+    def __exit__(self, *exc) -> None:
+        if self.enabled:
+            self.bar.stop()
+
+
+class TokenSource:
+    """A read-only memmap view of one tokenized source directory."""
+
+    def __init__(self, directory: Path):
+        self.dir = Path(directory)
+        manifest = read_manifest(self.dir)
+        if manifest is None:
+            raise UserError(f"{self.dir}: no {MANIFEST_FILE} (not a token source, or unfinished)")
+        if manifest.get("format_version") != FORMAT_VERSION:
+            raise UserError(
+                f"{self.dir / MANIFEST_FILE}: format_version {manifest.get('format_version')}, "
+                f"this version reads {FORMAT_VERSION}"
+            )
+        self.manifest = manifest
+        self.name: str = manifest["source"]
+        self.num_tokens: int = int(manifest["tokens"])
+        tokens_path = self.dir / TOKENS_FILE
+        expected = self.num_tokens * TOKEN_DTYPE.itemsize
+        actual = tokens_path.stat().st_size if tokens_path.is_file() else None
+        if actual != expected:
+            raise UserError(
+                f"{tokens_path}: {'missing' if actual is None else f'{actual} bytes'}, "
+                f"manifest says {expected} ({self.num_tokens} tokens): truncated or corrupt shard"
+            )
+        offsets_path = self.dir / OFFSETS_FILE
+        try:
+            self.doc_offsets = np.load(offsets_path, mmap_mode="r")
+        except (OSError, ValueError) as exc:
+            raise UserError(f"{offsets_path}: cannot read document offsets ({exc})") from None
+        n_docs = int(manifest["documents"])
+        if (
+            self.doc_offsets.shape != (n_docs + 1,)
+            or int(self.doc_offsets[0]) != 0
+            or int(self.doc_offsets[-1]) != self.num_tokens
+        ):
+            raise UserError(
+                f"{offsets_path}: {self.doc_offsets.shape[0]} offsets ending at "
+                f"{int(self.doc_offsets[-1]) if len(self.doc_offsets) else 'none'}, manifest "
+                f"says {n_docs} documents and {self.num_tokens} tokens: corrupt shard"
+            )
+        self.tokens = (
+            np.memmap(tokens_path, dtype=TOKEN_DTYPE, mode="r")
+            if self.num_tokens
+            else np.zeros(0, TOKEN_DTYPE)
+        )
+
+    @property
+    def num_documents(self) -> int:
+        return len(self.doc_offsets) - 1
+
+    @property
+    def tokenizer_hash(self) -> str:
+        return self.manifest["tokenizer_hash"]
+
+    def num_chunks(self, seq_len: int) -> int:
+        """Chunks of ``seq_len + 1`` tokens that overlap by one (inputs and shifted targets)."""
+        return max(0, (self.num_tokens - 1) // seq_len)
+
+    def _check_chunk(self, i: int, seq_len: int) -> None:
+        n = self.num_chunks(seq_len)
+        if not 0 <= i < n:
+            raise IndexError(f"chunk {i} out of range for source {self.name!r} ({n} chunks)")
+
+    def chunk(self, i: int, seq_len: int) -> np.ndarray:
+        self._check_chunk(i, seq_len)
+        start = i * seq_len
+        return np.asarray(self.tokens[start : start + seq_len + 1])
+
+    def documents_in_chunk(self, i: int, seq_len: int) -> np.ndarray:
+        """Indices of the documents whose tokens appear in chunk ``i``."""
+        self._check_chunk(i, seq_len)
+        start, last = i * seq_len, i * seq_len + seq_len
+        first_doc, last_doc = np.searchsorted(self.doc_offsets, [start, last], side="right") - 1
+        return np.arange(first_doc, last_doc + 1, dtype=np.int64)
+
+    def document_file(self, doc: int) -> str:
+        """The input file a document came from (per-file counts are in the manifest)."""
+        seen = 0
+        for entry in self.manifest["files"]:
+            seen += entry["documents"]
+            if doc < seen:
+                return entry["path"]
+        raise IndexError(f"document {doc} out of range for source {self.name!r}")
+
+
+def load_sources(
+    data_dir: Path, names: list[str] | None = None, tokenizer_hash: str | None = None
+) -> dict[str, TokenSource]:
+    """Open the sources under ``data_dir`` (all finished ones, or exactly ``names``)."""
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise UserError(f"data directory not found: {data_dir}")
+    if names:
+        missing = [n for n in names if not (data_dir / n / MANIFEST_FILE).is_file()]
+        if missing:
+            raise UserError(
+                f"{data_dir}: no finished source {', '.join(missing)} "
+                f"(available: {', '.join(available_sources(data_dir)) or 'none'})"
+            )
+        chosen = list(names)
+    else:
+        chosen = available_sources(data_dir)
+        if not chosen:
+            raise UserError(f"{data_dir}: no token sources (run `aquila data tokenize` first)")
+    sources = {n: TokenSource(data_dir / n) for n in chosen}
+    if tokenizer_hash is not None:
+        for s in sources.values():
+            if s.tokenizer_hash != tokenizer_hash:
+                raise UserError(
+                    f"{s.dir / MANIFEST_FILE}: source {s.name!r} was tokenized with tokenizer "
+                    f"{s.tokenizer_hash}, but this run uses {tokenizer_hash}"
+                )
+    for s in sources.values():
+        if s.num_tokens == 0:
+            raise UserError(f"{s.dir}: source {s.name!r} holds no tokens")
+    return sources
+
+
+def available_sources(data_dir: Path) -> list[str]:
+    return sorted(
+        p.name for p in Path(data_dir).iterdir() if p.is_dir() and (p / MANIFEST_FILE).is_file()
+    )
