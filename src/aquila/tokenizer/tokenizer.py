@@ -34,6 +34,11 @@ class Tokenizer:
 
     def __init__(self, hf: HFTokenizer):
         self.hf = hf
+        # Raw text is text: a "</s>" or "[MASK]" typed inside a document must not become a
+        # document boundary or a mask id. Special ids are only ever inserted by code (e.g. the
+        # EOS between documents). This runtime flag is not saved in tokenizer.json, so
+        # transformers keeps its usual behaviour of matching special tokens in input text.
+        self.hf.encode_special_tokens = True
         self.eos_id = self._required_id(EOS_TOKEN)
         self.bos_id = self._required_id(BOS_TOKEN)
 
