@@ -14,10 +14,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from aquila.data.kinds import check_lang_kind
 from aquila.errors import UserError
-
-LANGS = ("en", "zh", "code", "mixed")
-KINDS = ("web", "wiki", "book", "paper", "qa", "code", "knowledge")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sources (
@@ -130,10 +128,7 @@ class Catalog:
     def add_source(
         self, name: str, paths: list[Path], lang: str, kind: str, replace: bool = False
     ) -> Source:
-        if lang not in LANGS:
-            raise UserError(f"--lang must be one of {', '.join(LANGS)}, got {lang!r}")
-        if kind not in KINDS:
-            raise UserError(f"--kind must be one of {', '.join(KINDS)}, got {kind!r}")
+        check_lang_kind(lang, kind)
         files = []
         for p in paths:
             p = Path(p)

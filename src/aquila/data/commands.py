@@ -6,11 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from aquila.data.kinds import KINDS, LANGS
 from aquila.errors import UserError
-
-# Kept in step with aquila.data.shards.LANGS / KINDS (not imported: `--help` stays light).
-LANGS = ("en", "zh", "code", "mixed")
-KINDS = ("web", "wiki", "book", "paper", "qa", "code", "knowledge")
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -10,7 +10,7 @@ import argparse
 import json
 from pathlib import Path
 
-from aquila.data.catalog import KINDS, LANGS
+from aquila.data.kinds import KINDS, LANGS
 
 WORKSPACE_HELP = (
     "data workspace directory holding catalog.sqlite and stage outputs (default: ./data)"

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from aquila.data.kinds import check_lang_kind
 from aquila.data.readers import Document, ReadStats, iter_documents, list_files
 from aquila.errors import UserError
 
@@ -28,8 +29,6 @@ TOKENS_FILE = "tokens.bin"
 OFFSETS_FILE = "doc_offsets.npy"
 MANIFEST_FILE = "manifest.json"
 TOKEN_DTYPE = np.dtype("<u4")
-LANGS = ("en", "zh", "code", "mixed")
-KINDS = ("web", "wiki", "book", "paper", "qa", "code", "knowledge")
 
 
 def _write_json_atomic(path: Path, obj: dict) -> None:
@@ -92,10 +91,7 @@ def tokenize_source(
     """
     if not name or "/" in name or name.startswith("."):
         raise UserError(f"--name {name!r}: a source name must be a plain directory name")
-    if lang not in LANGS:
-        raise UserError(f"--lang must be one of {', '.join(LANGS)}, got {lang!r}")
-    if kind not in KINDS:
-        raise UserError(f"--kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    check_lang_kind(lang, kind)
     out = Path(data_dir) / name
     existing = read_manifest(out)
     if existing is not None and not force:
