@@ -27,15 +27,20 @@ class SyntheticData:
         self.vocab_size, self.seq_len, self.seed = vocab_size, seq_len, seed
 
     def read(self, g: np.ndarray) -> Batch:
-        rows = [np.random.default_rng([self.seed, int(i)]).integers(0, self.vocab_size, self.seq_len + 1)
-                for i in g]
+        rows = [
+            np.random.default_rng([self.seed, int(i)]).integers(
+                0, self.vocab_size, self.seq_len + 1
+            )
+            for i in g
+        ]
         tokens = torch.from_numpy(np.stack(rows).astype(np.int64))
         zeros = torch.zeros(len(g), dtype=torch.long)
         return Batch(tokens=tokens, source_ids=zeros, chunk_ids=zeros, global_indices=np.asarray(g))
 
 
-def matmul_peak(device: torch.device, n: int = 2048, dtype: torch.dtype = torch.float32,
-                seconds: float = 2.0) -> float:
+def matmul_peak(
+    device: torch.device, n: int = 2048, dtype: torch.dtype = torch.float32, seconds: float = 2.0
+) -> float:
     """Measured FLOP/s of a square matmul: the practical ceiling that MFU on CPU is judged by."""
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
@@ -73,33 +78,63 @@ class StepTimer(Callback):
             self.waits.append(metrics["data_wait_s"])
 
 
-def run_benchmark(preset: str, seq_len: int, batch: int, steps: int, warmup: int = 2,
-                  compile: bool = False, micro_batch: int = 0, device: str = "auto",
-                  overrides: list[str] | None = None, run_dir: Path | None = None) -> dict[str, Any]:
+def run_benchmark(
+    preset: str,
+    seq_len: int,
+    batch: int,
+    steps: int,
+    warmup: int = 2,
+    compile: bool = False,
+    micro_batch: int = 0,
+    device: str = "auto",
+    overrides: list[str] | None = None,
+    run_dir: Path | None = None,
+) -> dict[str, Any]:
     dev = pick_device(device)
-    cfg = load_config(None, [
-        f"model.preset='{preset}'", f"data.seq_len={seq_len}", f"train.batch_size={batch}",
-        f"train.micro_batch_size={micro_batch}", f"train.max_steps={steps + warmup}",
-        f"train.compile={'true' if compile else 'false'}", "train.checkpoint_every=0",
-        f"train.log_every={steps + warmup + 1}", "optim.warmup_steps=0",
-        *(overrides or []),
-    ])
+    cfg = load_config(
+        None,
+        [
+            f"model.preset='{preset}'",
+            f"data.seq_len={seq_len}",
+            f"train.batch_size={batch}",
+            f"train.micro_batch_size={micro_batch}",
+            f"train.max_steps={steps + warmup}",
+            f"train.compile={'true' if compile else 'false'}",
+            "train.checkpoint_every=0",
+            f"train.log_every={steps + warmup + 1}",
+            "optim.warmup_steps=0",
+            *(overrides or []),
+        ],
+    )
     if seq_len > cfg.model.max_seq_len:
         cfg.model = cfg.model.replace(max_seq_len=seq_len)
     torch.manual_seed(0)
     model = cfg.model.build(device=dev)
     timer = StepTimer(warmup, [], [])
-    trainer = Trainer(cfg, model, SyntheticData(cfg.model.vocab_size, seq_len), run_dir or Path("."),
-                      [timer], device=dev)
+    trainer = Trainer(
+        cfg,
+        model,
+        SyntheticData(cfg.model.vocab_size, seq_len),
+        run_dir or Path("."),
+        [timer],
+        device=dev,
+    )
     trainer.save = lambda: None  # a benchmark writes no checkpoints
     trainer.fit()
     step_s = float(np.median(timer.times))
     tokens_per_s = batch * seq_len / step_s
     fpt = flops_per_token(cfg.model, seq_len)
     out = {
-        "preset": preset, "device": str(dev), "seq_len": seq_len, "batch": batch,
-        "compile": compile, "steps_timed": len(timer.times), "params": model.num_params(),
-        "flops_per_token": fpt, "step_s": step_s, "tokens_per_s": tokens_per_s,
+        "preset": preset,
+        "device": str(dev),
+        "seq_len": seq_len,
+        "batch": batch,
+        "compile": compile,
+        "steps_timed": len(timer.times),
+        "params": model.num_params(),
+        "flops_per_token": fpt,
+        "step_s": step_s,
+        "tokens_per_s": tokens_per_s,
         "achieved_flops": tokens_per_s * fpt,
         "data_wait_fraction": float(np.sum(timer.waits) / max(np.sum(timer.times), 1e-9)),
         "peak_memory": torch.cuda.max_memory_allocated(dev) if dev.type == "cuda" else None,

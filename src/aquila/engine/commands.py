@@ -65,6 +65,45 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.set_defaults(func=_train)
 
+    b = sub.add_parser(
+        "bench",
+        help="measure training throughput (tokens/s, MFU) on the training code path",
+        description=(
+            "Time training steps of a preset on synthetic tokens through the same Trainer as "
+            "`aquila train` (warm-up steps excluded): tokens/s, step time, MFU, peak memory, "
+            "data-wait fraction. MFU uses 6N + 12 * layers * hidden * seq_len FLOPs per token "
+            "against the GPU's dense bf16 peak, or on CPU against a measured fp32 matmul peak. "
+            "--data times the data pipeline alone (sampler + reader over real shards)."
+        ),
+    )
+    b.add_argument("--preset", default="aquila-10m", help="model preset (default: aquila-10m)")
+    b.add_argument("--seq-len", type=int, default=256, help="sequence length (default: 256)")
+    b.add_argument("--batch", type=int, default=16, help="sequences per step (default: 16)")
+    b.add_argument(
+        "--micro-batch", type=int, default=0, help="sequences per forward (default: all)"
+    )
+    b.add_argument("--steps", type=int, default=10, help="timed steps (default: 10)")
+    b.add_argument("--warmup", type=int, default=2, help="untimed warm-up steps (default: 2)")
+    b.add_argument("--compile", action="store_true", help="torch.compile each block")
+    b.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    b.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra config overrides, e.g. train.activation_checkpointing=true",
+    )
+    b.add_argument(
+        "--data",
+        metavar="DATA_DIR",
+        nargs="?",
+        const="",
+        help="time the data pipeline alone: token shards dir (no value: the samples)",
+    )
+    b.add_argument("--json", action="store_true", help="print one JSON object")
+    b.set_defaults(func=_bench)
+
 
 def _train(args: argparse.Namespace) -> int:
     from aquila.engine.config import load_config
@@ -148,3 +187,57 @@ def _final_report(prepared, json_mode: bool) -> dict:
         print_line(f"sample ({lang}, greedy): {text!r}", json_mode)
     out["samples"] = samples
     return out
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from aquila.errors import UserError
+
+    if args.steps < 1 or args.batch < 1 or args.seq_len < 2:
+        raise UserError("--steps and --batch must be >= 1 and --seq-len >= 2")
+    if args.data is not None:
+        out = _bench_data(args)
+    else:
+        from aquila.engine.bench import run_benchmark
+
+        out = run_benchmark(
+            args.preset,
+            args.seq_len,
+            args.batch,
+            args.steps,
+            args.warmup,
+            args.compile,
+            args.micro_batch,
+            args.device,
+            args.overrides,
+        )
+    if args.json:
+        print(json.dumps(out))
+        return 0
+    for key, value in out.items():
+        if isinstance(value, float):
+            value = f"{value:.4g}"
+        print(f"{key:>20}: {value}")
+    return 0
+
+
+def _bench_data(args: argparse.Namespace) -> dict:
+    from aquila.engine.bench import data_pipeline_rate
+    from aquila.engine.data import open_train_data
+    from aquila.engine.run import cache_dir, sample_shards
+    from aquila.tokenizer import Tokenizer
+    from aquila.tokenizer.train import default_tokenizer
+
+    data_dir = args.data
+    if not data_dir:
+        data_dir = sample_shards(
+            Tokenizer.load(default_tokenizer(cache_dir())), show_progress=False
+        )
+    data = open_train_data(data_dir, [], args.seq_len, 0, {}, None)
+    rate = data_pipeline_rate(data, args.seq_len, args.batch)
+    return {
+        "mode": "data",
+        "data_dir": str(data_dir),
+        "seq_len": args.seq_len,
+        "batch": args.batch,
+        **rate,
+    }
