@@ -21,14 +21,15 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
         {"params": decay, "weight_decay": cfg.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-    on_cuda = any(p.is_cuda for p in decay)
+    devices = {p.device.type for p in decay + no_decay}
     return torch.optim.AdamW(
         groups,
         lr=cfg.lr,
         betas=(cfg.beta1, cfg.beta2),
         eps=cfg.eps,
-        # The fused kernel is one launch per step on GPU; on CPU the foreach path is the fast one.
-        fused=True if on_cuda else None,
+        # One fused kernel over all parameters (CUDA and CPU) instead of ~10 elementwise passes
+        # per tensor; elsewhere (meta, other backends) torch picks its default path.
+        fused=True if devices <= {"cuda", "cpu"} else None,
     )
 
 
