@@ -17,6 +17,10 @@ COMMAND_MODULES = [
     "aquila.tokenizer.commands",
     "aquila.data.commands",
     "aquila.engine.commands",
+    "aquila.eval.commands",
+    "aquila.quant.commands",
+    "aquila.engine.control_commands",
+    "aquila.monitor.commands",
 ]
 
 

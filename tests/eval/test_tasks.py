@@ -1,0 +1,121 @@
+"""Task registry, multiple-choice scoring, built-in held-out tasks and results files."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from aquila.errors import UserError
+from aquila.eval.builtin import en_next_verse, next_sentence_examples, zh_news_cloze
+from aquila.eval.lm import LogLikelihood
+from aquila.eval.multiple_choice import fewshot_context, score_examples
+from aquila.eval.readers import MCExample
+from aquila.eval.results import checkpoint_step, load_results, record_results
+from aquila.eval.tasks import get_task, parse_tasks
+
+
+class _TableLM:
+    """Log-probs from a table: isolates acc / acc_norm from any model."""
+
+    batch_size = 4
+
+    def __init__(self, tokenizer, table):
+        self.tokenizer, self.table = tokenizer, table
+
+    def loglikelihood(self, pairs):
+        return [LogLikelihood(self.table[c], False, 1) for _, c in pairs]
+
+    def loglikelihood_shared(self, context, choices):
+        return self.loglikelihood([(context, c) for c in choices])
+
+
+def test_acc_and_acc_norm_differ_by_length(tiny_tokenizer):
+    # The long gold answer has the lowest total log-prob but the best per byte.
+    ex = [MCExample("Q:", [" yes", " a much longer answer", " no"], gold=1)]
+    lm = _TableLM(tiny_tokenizer, {" yes": -4.0, " a much longer answer": -10.0, " no": -5.0})
+    r = score_examples(lm, ex)
+    assert r == {"acc": 0.0, "acc_norm": 1.0, "n": 1}
+
+
+def test_fewshot_context_excludes_the_example_itself():
+    ex = [MCExample(f"Q{i}:", [" a", " b"], gold=i % 2) for i in range(6)]
+    ctx = fewshot_context(ex, 2, k=3)
+    assert ctx.endswith("Q2:") and ctx.count("Q2:") == 1 and ctx.count("\n\n") == 3
+    assert fewshot_context(ex, 2, k=3) == ctx  # deterministic
+    assert fewshot_context(ex, 2, k=0) == "Q2:"
+
+
+def test_real_model_scoring_shared_and_batched_agree(eval_lm):
+    ex = en_next_verse(limit=6)
+    zero = score_examples(eval_lm, ex, num_fewshot=0)  # short contexts: padded batches
+    few = score_examples(eval_lm, ex, num_fewshot=2)  # long contexts: the KV-cache path
+    assert zero["n"] == few["n"] == 6
+    assert 0 <= zero["acc"] <= 1 and 0 <= few["acc_norm"] <= 1
+
+
+def test_next_sentence_examples_are_well_formed():
+    docs = [[f"doc {d} sentence number {i} is here." for i in range(5)] for d in range(6)]
+    ex = next_sentence_examples(docs, "en", limit=10, min_chars=5)
+    assert len(ex) == 10
+    for e in ex:
+        d = int(e.context.split()[1])
+        i = int(e.context.split()[4])
+        assert e.choices[e.gold] == f" doc {d} sentence number {i + 1} is here."
+        assert len(set(e.choices)) == 4
+        others = [c for j, c in enumerate(e.choices) if j != e.gold]
+        assert all(f"doc {d} " not in c for c in others)  # distractors come from other documents
+    golds = {e.gold for e in ex}
+    assert len(golds) > 1  # the answer position is shuffled
+
+
+def test_builtin_tasks_read_the_heldout_corpus():
+    en, zh = en_next_verse(limit=20), zh_news_cloze(limit=20)
+    assert len(en) == 20 and len(zh) == 20
+    assert all(len(e.choices) == 4 for e in en + zh)
+    assert any("\u4e00" <= ch <= "\u9fff" for ch in zh[0].context)
+
+
+def test_registry_and_errors(tmp_path):
+    names = [t.name for t in parse_tasks("bpb, en_next_verse,zh_news_cloze")]
+    assert names == ["bpb", "en_next_verse", "zh_news_cloze"]
+    assert get_task("en_next_verse").chance == 0.25
+    with pytest.raises(UserError, match="unknown task 'nope'"):
+        get_task("nope")
+    with pytest.raises(UserError, match="unknown file format 'xml'"):
+        get_task("xml:foo")
+    f = tmp_path / "mc.jsonl"
+    f.write_text(json.dumps({"query": "Q", "choices": ["a", "b", "c"], "gold": 0}) + "\n")
+    task = get_task(f"mc:{f}")
+    assert len(task.load(None)) == 1 and math.isclose(task.chance, 1 / 3)
+
+
+def test_bpb_task_per_source_and_language(eval_lm):
+    task = get_task("bpb")
+    sources = task.load(1)  # one document per source
+    r = task.run(
+        eval_lm, sources, __import__("aquila.eval.tasks", fromlist=["RunOptions"]).RunOptions()
+    )
+    for key in (
+        "bpb",
+        "bpb_en",
+        "bpb_zh",
+        "bpb_code",
+        "bpb_kjv",
+        "bpb_peoples_daily",
+        "bpb_python_code",
+        "chance",
+    ):
+        assert key in r and math.isfinite(r[key]) and r[key] > 0, key
+    # An untrained model is worse than a byte-unigram model.
+    assert r["bpb"] > r["chance"]
+
+
+def test_record_and_load_results(tmp_path):
+    results = {"en_next_verse": {"acc": 0.5, "chance": 0.25}}
+    path = record_results(tmp_path, 120, results)
+    assert path == tmp_path / "eval" / "step-120.json"
+    assert load_results(tmp_path) == {120: results}
+    assert checkpoint_step(tmp_path / "checkpoints" / "step-00000120") == 120
+    assert checkpoint_step(tmp_path / "model") is None
