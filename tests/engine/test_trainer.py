@@ -150,3 +150,13 @@ def test_cli_trains_and_prints_json(make_config, shard_dir, tiny_tokenizer_dir, 
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["steps"] == 3 and out["tokens"] == 3 * 2 * 32 and out["status"] == "completed"
     assert out["run_dir"] == str(tmp_path / "cli")
+
+
+@pytest.mark.slow
+def test_compiled_training_matches_eager(make_config, tmp_path):
+    eager, compiled = Record(), Record()
+    prepare_run(make_config(run_dir=tmp_path / "e"), callbacks=[eager], quiet=True).trainer.fit()
+    prepare_run(make_config("train.compile=true", run_dir=tmp_path / "c"), callbacks=[compiled],
+                quiet=True).trainer.fit()
+    for step, loss in eager.losses.items():
+        assert compiled.losses[step] == pytest.approx(loss, rel=1e-4)

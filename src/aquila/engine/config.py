@@ -78,6 +78,8 @@ class TrainSection:
     log_every: int = 10
     checkpoint_every: int = 200
     keep_last: int = 2
+    # Also keep every checkpoint whose step is a multiple of this (0: none beyond keep_last).
+    keep_every: int = 0
     # Worker threads for the CPU math (0: torch's default).
     threads: int = 0
 

@@ -121,7 +121,10 @@ def prepare_run(
     progress: bool | None = None,
     quiet: bool = False,
 ) -> PreparedRun:
-    dist = dist or DistInfo()
+    if dist is None:
+        from aquila.engine.distributed import init_distributed
+
+        dist = init_distributed()  # torchrun's RANK/WORLD_SIZE, or one process
     resumed_from = None
     if resume:
         run_dir = Path(resume)
@@ -171,9 +174,16 @@ def prepare_run(
     device = pick_device(cfg.train.device)
     torch.manual_seed(cfg.train.seed)
     model = cfg.model.build(device=device)
+    if dist.world > 1:
+        from aquila.engine.distributed import ParallelPlan, parallelize
+
+        parallelize(model, ParallelPlan(dist.world), device)
     cbs: list[Callback] = [MetricsLog(run_dir / "metrics.jsonl"), GracefulInterrupt()]
     if cfg.train.max_seconds:
         cbs.append(TimeLimit(cfg.train.max_seconds))
+    from aquila.engine.control import ControlCallback
+
+    cbs.append(ControlCallback(run_dir, mixture=cfg.data.mixture))
     if not quiet:
         cbs.append(ProgressReporter(cfg.train.max_steps, use_bar=progress))
     cbs.extend(callbacks or [])
@@ -188,8 +198,10 @@ def _apply_mixture_file(cfg: TrainConfig, data: TrainData) -> None:
     from aquila.data.mixture import load_mixture
 
     plan = load_mixture(cfg.data.mixture, known_sources=set(data.sources))
-    for from_g, weights in plan.segments(cfg.data.seq_len):
-        data.set_weights(from_g, weights)
+    # The first phase from sample 0; later phases are set by ControlCallback when their first
+    # sample comes, so live commands in between never rewrite an already planned future.
+    from_g, weights = plan.segments(cfg.data.seq_len, cfg.train.batch_size)[0]
+    data.set_weights(from_g, weights)
 
 
 def print_line(text: str = "", json_mode: bool = False) -> None:

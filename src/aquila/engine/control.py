@@ -1,0 +1,387 @@
+"""Live control: commands from the run database's queue applied at step boundaries.
+
+A command (set-mixture, set-lr, set-phase, add-source, pause, resume, checkpoint-now, stop) is
+queued in ``RUN_DIR/run.sqlite`` by `aquila control` or the monitor. At the next step boundary
+rank 0 reads the queue and broadcasts what it read, so every rank applies the same commands at
+the same step. Each applied command is recorded in the trainer's history (which checkpoints
+carry) and marked applied with its step in the database; an invalid one is rejected with the
+reason and changes nothing.
+
+Scheduled phase changes from the run's mixture file go the same way: each phase's weights are
+set when the step that reaches its first sample begins (exactly at that sample, even mid-step).
+
+After a kill, the commands applied since the last checkpoint are in the database but not in the
+checkpoint: on resume they are applied again at the steps they were applied at, so the resumed
+run reads the same data as the lost one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from aquila.engine.callbacks import Callback
+from aquila.errors import UserError
+
+if TYPE_CHECKING:
+    from aquila.engine.rundb import RunDB
+    from aquila.engine.trainer import Trainer
+
+KINDS = (
+    "set-mixture",
+    "set-lr",
+    "set-phase",
+    "add-source",
+    "pause",
+    "resume",
+    "checkpoint-now",
+    "stop",
+)
+# Commands that change what later steps compute; only these are re-applied after a resume.
+REPLAYED = {"set-mixture", "set-lr", "set-phase", "add-source"}
+MAX_LR = 1.0
+
+
+class Rejected(Exception):
+    """A command that cannot apply; the message is the reason stored with it."""
+
+
+# -- parsing and validation (used by the CLI before queueing and by the trainer when applying) --
+def parse_weights(text: str) -> dict[str, float]:
+    """``kjv=0.5,news=0.5`` or a JSON object -> weights; raises UserError saying what is wrong."""
+    text = text.strip()
+    if text.startswith("{"):
+        try:
+            raw = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise UserError(f"weights {text!r}: invalid JSON ({exc})") from None
+        if not isinstance(raw, dict):
+            raise UserError(f"weights {text!r}: expected a JSON object of source -> weight")
+        items = list(raw.items())
+    else:
+        items = []
+        for part in filter(None, (p.strip() for p in text.split(","))):
+            if "=" not in part:
+                raise UserError(f"weights {text!r}: expected SOURCE=WEIGHT pairs, got {part!r}")
+            name, value = part.split("=", 1)
+            items.append((name.strip(), value.strip()))
+    out: dict[str, float] = {}
+    for name, value in items:
+        try:
+            out[str(name)] = float(value)
+        except (TypeError, ValueError):
+            raise UserError(f"weights: weight of {name!r} is not a number: {value!r}") from None
+    check_weights(out)
+    return out
+
+
+def check_weights(weights: dict[str, float]) -> None:
+    if not weights:
+        raise UserError("weights: no source given")
+    bad = {k: v for k, v in weights.items() if not (math.isfinite(v) and v >= 0)}
+    if bad:
+        raise UserError(f"weights must be finite and >= 0, got {bad}")
+    if sum(weights.values()) <= 0:
+        raise UserError(f"weights must have a positive sum, got {weights}")
+
+
+def check_lr(args: dict[str, Any]) -> None:
+    if ("value" in args) == ("scale" in args):
+        raise UserError("set-lr takes a VALUE or --scale F, not both or neither")
+    for key in ("value", "scale"):
+        if key in args:
+            v = args[key]
+            if not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+                raise UserError(f"set-lr {key} must be a finite number > 0, got {v!r}")
+            if key == "value" and v > MAX_LR:
+                raise UserError(f"set-lr value {v} is above {MAX_LR}: surely a typo")
+
+
+@dataclass
+class RunContext:
+    """What a run directory says about valid commands: its sources and mixture phases."""
+
+    available_sources: list[str] | None  # in the data dir (None: unknown, e.g. sample corpus)
+    phases: list[str]
+
+    @classmethod
+    def from_run_dir(cls, run_dir: Path) -> RunContext:
+        from aquila.engine.config import load_config
+        from aquila.engine.run import CONFIG_FILE
+
+        path = Path(run_dir) / CONFIG_FILE
+        if not path.is_file():
+            raise UserError(f"{run_dir}: not a run directory (no {CONFIG_FILE})")
+        cfg = load_config(path)
+        available = None
+        if cfg.data.dir and Path(cfg.data.dir).is_dir():
+            from aquila.data.shards import available_sources
+
+            available = available_sources(Path(cfg.data.dir))
+        phases = []
+        if cfg.data.mixture:
+            from aquila.data.mixture import load_mixture
+
+            phases = [p.name for p in load_mixture(cfg.data.mixture).phases]
+        return cls(available, phases)
+
+
+def validate(kind: str, args: dict[str, Any], ctx: RunContext | None = None) -> None:
+    """Checks that need no running trainer; raises UserError with a one-line reason."""
+    if kind not in KINDS:
+        raise UserError(f"unknown command {kind!r}; known: {', '.join(KINDS)}")
+    known = set(ctx.available_sources) if ctx and ctx.available_sources is not None else None
+    if kind == "set-mixture":
+        check_weights(args.get("weights") or {})
+        if known is not None:
+            unknown = sorted(set(args["weights"]) - known)
+            if unknown:
+                raise UserError(
+                    f"unknown source(s) {unknown}; the run's data dir has {sorted(known)}"
+                )
+    elif kind == "set-lr":
+        check_lr(args)
+    elif kind == "set-phase":
+        if ctx is not None and args.get("name") not in ctx.phases:
+            have = ", ".join(ctx.phases) or "none (the run has no mixture file)"
+            raise UserError(f"unknown phase {args.get('name')!r}; phases: {have}")
+    elif kind == "add-source":
+        if known is not None and args.get("name") not in known:
+            raise UserError(
+                f"source {args.get('name')!r} is not in the run's data dir; have {sorted(known)}"
+            )
+        w = args.get("weight", 0.0)
+        if not isinstance(w, (int, float)) or not 0 <= w < 1:
+            raise UserError(f"add-source --weight must be in [0, 1), got {w!r}")
+
+
+# -- applying commands inside the trainer ---------------------------------------------------
+def _reject_on(fn, *args):
+    try:
+        return fn(*args)
+    except (UserError, ValueError) as exc:
+        raise Rejected(str(exc)) from None
+
+
+class ControlCallback(Callback):
+    """Reads the command queue at each step boundary and applies it on every rank."""
+
+    def __init__(
+        self,
+        run_dir: Path,
+        db: RunDB | None = None,
+        poll_seconds: float = 0.5,
+        mixture: str = "",
+    ):
+        self.run_dir = Path(run_dir)
+        self._db = db
+        self.poll_seconds = poll_seconds
+        self.mixture = mixture
+        self.paused = False
+        self._phases: list[tuple[int, str, dict[str, float]]] = []
+        self._replay: list[dict[str, Any]] = []
+
+    @property
+    def db(self) -> RunDB:
+        if self._db is None:
+            from aquila.engine.rundb import RunDB
+
+            self._db = RunDB(self.run_dir)
+        return self._db
+
+    # -- hooks --------------------------------------------------------------------------------
+    def on_start(self, trainer: Trainer) -> None:
+        if self.mixture:
+            from aquila.data.mixture import load_mixture
+
+            cfg = trainer.cfg
+            plan = load_mixture(self.mixture)
+            segs = plan.segments(cfg.data.seq_len, cfg.train.batch_size)
+            self._phases = [(g, p.name, w) for (g, w), p in zip(segs, plan.phases)]
+        if trainer.is_main:
+            self._replay = self._lost_commands(trainer)
+
+    def before_step(self, trainer: Trainer) -> None:
+        self._boundary(trainer)
+        while self.paused and not trainer._stop_reason:
+            time.sleep(self.poll_seconds)
+            self._boundary(trainer)
+
+    # -- one boundary -------------------------------------------------------------------------
+    def _boundary(self, trainer: Trainer) -> None:
+        decided: list[dict[str, Any]] = []
+        if trainer.is_main:
+            step = trainer.state.step
+            decided = [c for c in self._replay if c["applied_step"] <= step]
+            self._replay = [c for c in self._replay if c["applied_step"] > step]
+            decided += [{**c, "origin": "queue"} for c in self.db.pending()]
+        decided = broadcast(decided, trainer)
+        for cmd in decided:
+            self._apply_one(trainer, cmd)
+        self._scheduled_phases(trainer)
+
+    def _apply_one(self, trainer: Trainer, cmd: dict[str, Any]) -> None:
+        kind, args = cmd["kind"], dict(cmd.get("args") or {})
+        step = trainer.state.step
+        try:
+            details = self.apply(trainer, kind, args)
+        except Rejected as exc:
+            if trainer.is_main and cmd.get("origin") == "queue":
+                self.db.resolve(cmd["id"], "rejected", step, str(exc))
+                self.db.add_event(
+                    step, "command", f"rejected {kind}: {exc}", "warning", id=cmd["id"]
+                )
+            return
+        trainer.record("command", id=cmd.get("id"), command=kind, args=args, **details)
+        if trainer.is_main:
+            if cmd.get("origin") == "queue":
+                self.db.resolve(cmd["id"], "applied", step)
+            how = "re-applied" if cmd.get("origin") == "replay" else "applied"
+            self.db.add_event(step, "command", f"{how} {kind} {_brief(args)}", id=cmd.get("id"))
+
+    def apply(self, trainer: Trainer, kind: str, args: dict[str, Any]) -> dict[str, Any]:
+        """Apply one command at this boundary; raises Rejected (changing nothing) if invalid."""
+        _reject_on(validate, kind, args, None)
+        data, samples = trainer.data, trainer.state.samples
+        if kind == "set-mixture":
+            _reject_on(data.set_weights, samples, args["weights"])
+            return {"weights": data.current_weights()}
+        if kind == "set-phase":
+            index = next((i for i, p in enumerate(self._phases) if p[1] == args["name"]), None)
+            if index is None:
+                have = ", ".join(p[1] for p in self._phases) or "none (no mixture file)"
+                raise Rejected(f"unknown phase {args['name']!r}; phases: {have}")
+            _reject_on(data.set_weights, samples, self._phases[index][2])
+            return {"weights": data.current_weights(), "skip_through": index}
+        if kind == "add-source":
+            return self._add_source(trainer, args["name"], float(args.get("weight", 0.0)))
+        if kind == "set-lr":
+            sched = trainer.schedule
+            if "scale" in args:
+                sched.scale *= float(args["scale"])
+            else:
+                sched.scale = float(args["value"]) / max(sched.base_lr(trainer.state.step), 1e-30)
+            return {"scale": sched.scale, "lr": sched(trainer.state.step)}
+        if kind == "pause":
+            self.paused = True
+        elif kind == "resume":
+            self.paused = False
+        elif kind == "checkpoint-now":
+            trainer.save()
+        elif kind == "stop":
+            self.paused = False
+            trainer.request_stop("stopped by command", checkpoint=True)
+        return {}
+
+    def _add_source(self, trainer: Trainer, name: str, weight: float) -> dict[str, Any]:
+        data = trainer.data
+        if data.current_weights().get(name, 0.0) > 0:
+            raise Rejected(f"source {name!r} is already in the mixture")
+        loaded = name in data.sources
+        if not loaded:
+            from aquila.data.shards import load_sources
+
+            any_src = next(iter(data.sources.values()))
+            data_dir = Path(any_src.dir).parent
+            new = _reject_on(load_sources, data_dir, [name], any_src.tokenizer_hash)[name]
+            chunks = new.num_chunks(data.seq_len)
+            if chunks == 0:
+                raise Rejected(f"source {name!r} holds fewer than seq_len+1 tokens")
+            data.sources[name], data.num_chunks[name] = new, chunks
+        weights = {k: v * (1.0 - weight) for k, v in data.current_weights().items()}
+        weights[name] = weight
+        try:
+            data.set_weights(trainer.state.samples, weights)
+        except (UserError, ValueError) as exc:
+            if not loaded:
+                del data.sources[name], data.num_chunks[name]
+            raise Rejected(str(exc)) from None
+        cfg = trainer.cfg
+        if cfg.data.sources and name not in cfg.data.sources:
+            # The resolved config lists the run's sources: resume must load this one too.
+            cfg.data.sources = sorted([*cfg.data.sources, name])
+            if trainer.is_main:
+                from aquila.engine.run import CONFIG_FILE
+
+                cfg.save(self.run_dir / CONFIG_FILE)
+        return {"weights": data.current_weights()}
+
+    def _scheduled_phases(self, trainer: Trainer) -> None:
+        """Set each mixture-file phase when the next step reaches its first sample."""
+        if len(self._phases) < 2:
+            return
+        start = trainer.state.samples
+        end = start + trainer.ramp.size_at(trainer.state.step)
+        done = _done_phases(trainer.history)
+        for index, (from_g, name, weights) in enumerate(self._phases):
+            if index == 0 or index in done or from_g >= end:
+                continue
+            g = max(from_g, start)
+            try:
+                trainer.data.set_weights(g, weights)
+            except (UserError, ValueError) as exc:
+                if trainer.is_main:
+                    self.db.add_event(
+                        trainer.state.step, "command", f"phase {name}: {exc}", "error"
+                    )
+                continue
+            entry = trainer.record(
+                "command",
+                id=None,
+                command="phase",
+                phase=name,
+                phase_index=index,
+                from_g=g,
+                weights=trainer.data.current_weights(),
+            )
+            if trainer.is_main:
+                cid = self.db.enqueue("set-phase", name=name, scheduled=True, from_g=g)
+                self.db.resolve(cid, "applied", entry["step"])
+                self.db.add_event(entry["step"], "command", f"phase {name} from sample {g}")
+
+    def _lost_commands(self, trainer: Trainer) -> list[dict[str, Any]]:
+        """Commands applied after the checkpoint this run resumed from (lost with the kill)."""
+        if trainer.state.step == 0 and not trainer.history:
+            return []
+        have = {h.get("id") for h in trainer.history if h.get("id") is not None}
+        out = []
+        for c in self.db.commands():
+            if (
+                c["status"] == "applied"
+                and c["kind"] in REPLAYED
+                and not c["args"].get("scheduled")
+                and c["id"] not in have
+                and c["applied_step"] is not None
+                and c["applied_step"] >= trainer.state.step
+            ):
+                out.append({**c, "origin": "replay"})
+        return out
+
+
+def _done_phases(history: list[dict[str, Any]]) -> set[int]:
+    done: set[int] = set()
+    for h in history:
+        if "phase_index" in h:
+            done.add(int(h["phase_index"]))
+        if "skip_through" in h:
+            done.update(range(int(h["skip_through"]) + 1))
+    return done
+
+
+def _brief(args: dict[str, Any]) -> str:
+    return json.dumps(args, sort_keys=True) if args else ""
+
+
+def broadcast(obj: list[dict[str, Any]], trainer: Trainer) -> list[dict[str, Any]]:
+    """Rank 0's decisions on every rank (a no-op in a single process)."""
+    if trainer.dist.world <= 1:
+        return obj
+    import torch.distributed as dist
+
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

@@ -1,0 +1,195 @@
+"""Reshardable checkpoints with torch.distributed.checkpoint (DCP) for multi-process runs.
+
+A distributed run's ``step-N/`` holds, besides the usual ``model.json`` + ``model.safetensors``
+(consolidated, for every tool that reads model dirs) and ``train_state.pt`` (schedule, RNG, data
+position, history; no optimizer), a ``dcp/`` directory: model and optimizer as each rank's
+shards plus DCP's metadata. DCP reshards on load, so the run resumes on any number of processes,
+one included. A single-process checkpoint (optimizer inside ``train_state.pt``) loads into a
+multi-process run too: its full tensors are scattered into the shards.
+
+The consolidated weights cost one gather to rank 0 per checkpoint and the weights' size on disk
+once more; they keep evaluation, export and `aquila generate` working on any checkpoint without
+DCP. Everything is written under a temporary name and renamed when complete, as in
+``checkpoint.py``.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from aquila.engine.checkpoint import STATE_FILE, checkpoint_dir, latest_checkpoint
+from aquila.errors import UserError
+
+if TYPE_CHECKING:
+    from aquila.engine.trainer import Trainer
+
+DCP_DIR = "dcp"
+
+
+def is_sharded(path: Path) -> bool:
+    return (Path(path) / DCP_DIR / ".metadata").is_file()
+
+
+def _options(**kw):
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(**kw)
+
+
+def _world() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _all_ok(ok: bool) -> bool:
+    """True on every rank only if ``ok`` on every rank."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return ok
+    flag = torch.tensor([1 if ok else 0], dtype=torch.int32)
+    if dist.get_backend() == "nccl":
+        flag = flag.cuda()
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item())
+
+
+def _barrier() -> None:
+    from aquila.engine.distributed import barrier
+
+    barrier()
+
+
+def _write_model_files(full: dict[str, torch.Tensor], cfg, directory: Path) -> None:
+    from safetensors.torch import save_file
+
+    from aquila.model.io import CONFIG_FILE, FORMAT, FORMAT_VERSION, WEIGHTS_FILE
+
+    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": cfg.to_dict()}
+    (directory / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in full.items()}
+    save_file(tensors, str(directory / WEIGHTS_FILE), metadata={"format": "pt"})
+
+
+def save_sharded(trainer: Trainer) -> Path | None:
+    """Collective: every rank writes its shards; rank 0 the rest. Returns the path on rank 0."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_state_dict
+
+    from aquila.engine.checkpoint import _fsync_dir
+
+    rank, _ = _world()
+    run_dir, step = trainer.run_dir, trainer.state.step
+    final = checkpoint_dir(run_dir, step)
+    tmp = final.with_name(f".tmp-{final.name}")
+    if rank == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    _barrier()
+    error: Exception | None = None
+    try:
+        msd, osd = get_state_dict(trainer.model, trainer.optimizer)
+        dcp.save({"model": msd, "optim": osd}, checkpoint_id=str(tmp / DCP_DIR))
+    except Exception as exc:  # DCP raises on every rank when one fails
+        error = exc
+    # Collective on every rank; rank 0 alone receives the full tensors.
+    full = get_model_state_dict(
+        trainer.model, options=_options(full_state_dict=True, cpu_offload=True)
+    )
+    if rank == 0 and error is None:
+        try:
+            _write_model_files(full, trainer.model.cfg, tmp)
+            state = trainer.state_dict()
+            state.pop("optimizer", None)
+            with open(tmp / STATE_FILE, "wb") as f:
+                torch.save(state, f)
+                f.flush()
+                os.fsync(f.fileno())
+            _fsync_dir(tmp)
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            _fsync_dir(final.parent)
+        except Exception as exc:
+            error = exc
+    if not _all_ok(error is None):
+        if rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+            raise UserError(
+                f"disk full while saving checkpoint {final}; nothing was overwritten, the last "
+                f"good checkpoint is {latest_checkpoint(run_dir) or 'none'}"
+            ) from None
+        raise RuntimeError(f"saving checkpoint {final} failed on a rank: {error}") from error
+    return final if rank == 0 else None
+
+
+def load_sharded(trainer: Trainer, path: Path) -> dict[str, Any]:
+    """Load ``path`` (sharded or single-process) into the trainer's model and optimizer on any
+    world size; returns the training state for ``Trainer.load_state_dict``."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import (
+        get_state_dict,
+        set_model_state_dict,
+        set_optimizer_state_dict,
+        set_state_dict,
+    )
+
+    from aquila.model.io import read_model_config
+
+    path = Path(path)
+    if not (path / STATE_FILE).is_file():
+        raise UserError(f"{path} is not a training checkpoint (no {STATE_FILE})")
+    _check_shape(read_model_config(path).to_dict(), trainer.model.cfg.to_dict(), path)
+    try:
+        state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise UserError(f"cannot read {path / STATE_FILE}: {exc}") from None
+    model, optim = trainer.model, trainer.optimizer
+    if is_sharded(path):
+        msd, osd = get_state_dict(model, optim)
+        sd = {"model": msd, "optim": osd}
+        with warnings.catch_warnings():
+            # Loading without a process group is the intended single-process resume.
+            warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+            dcp.load(sd, checkpoint_id=str(path / DCP_DIR))
+        set_state_dict(model, optim, model_state_dict=sd["model"], optim_state_dict=sd["optim"])
+    else:
+        from safetensors.torch import load_file
+
+        from aquila.model.io import WEIGHTS_FILE
+
+        full = load_file(str(path / WEIGHTS_FILE), device="cpu")
+        set_model_state_dict(model, full, options=_options(full_state_dict=True))
+        fqn_osd = _native_to_fqn(state.pop("optimizer"), model, optim)
+        set_optimizer_state_dict(model, optim, fqn_osd, options=_options(full_state_dict=True))
+    state["optimizer"] = optim.state_dict()  # already loaded; keeps load_state_dict's shape
+    return state
+
+
+def _native_to_fqn(native: dict[str, Any], model, optim) -> dict[str, Any]:
+    """torch's optimizer state (params by position) -> keyed by parameter name, full tensors."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    order = [names[id(p)] for g in optim.param_groups for p in g["params"]]
+    state = {order[int(i)]: s for i, s in native["state"].items()}
+    groups = [{**g, "params": [order[int(i)] for i in g["params"]]} for g in native["param_groups"]]
+    return {"state": state, "param_groups": groups}
+
+
+def _check_shape(saved: dict[str, Any], want: dict[str, Any], path: Path) -> None:
+    if saved != want:
+        diff = ", ".join(
+            f"{k}={v} (config says {want.get(k)})" for k, v in saved.items() if want.get(k) != v
+        )
+        raise UserError(f"checkpoint {path} is for another model shape: {diff}")

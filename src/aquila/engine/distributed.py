@@ -1,0 +1,273 @@
+"""torch.distributed for the trainer: process group from the launcher's environment, FSDP2
+(optionally hybrid over a 2-D mesh) and a tensor-parallel plan through DTensor.
+
+``torchrun`` sets RANK / WORLD_SIZE / LOCAL_RANK; ``init_distributed`` reads them and starts the
+process group (NCCL on CUDA, gloo on CPU). Data parallelism is FSDP2: every transformer block is
+sharded on its own (so one block's parameters are gathered at a time), then the root (embedding,
+final norm, output head). With ``replicate > 1`` the mesh is 2-D (replicate x shard): parameters
+are sharded within a node and replicated across nodes (HSDP), so the all-gathers stay on the fast
+intra-node links. Tensor parallelism splits q/k/v/gate/up by output columns and o/down by input
+rows (Megatron's pairing: one all-reduce per attention and per MLP).
+
+Gradients: the loss of each rank is already divided by the global token count, so the gradient
+of the global loss is the *sum* over ranks; FSDP is told to sum (divide factor 1).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from aquila.engine.trainer import DistInfo
+from aquila.errors import UserError
+
+
+@dataclass
+class ParallelPlan:
+    """How the world is split: ``world = replicate * shard * tp``."""
+
+    world: int
+    tp: int = 1
+    replicate: int = 1
+
+    @property
+    def shard(self) -> int:
+        return self.world // (self.tp * self.replicate)
+
+    def check(self) -> None:
+        if self.tp < 1 or self.replicate < 1 or self.world % (self.tp * self.replicate):
+            raise UserError(
+                f"world size {self.world} is not divisible by tp {self.tp} x replicate "
+                f"{self.replicate}"
+            )
+
+
+def env_dist() -> tuple[int, int, int]:
+    """(rank, world, local_rank) from the launcher's environment; (0, 1, 0) without one."""
+    rank = int(os.environ.get("RANK", "0"))
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local = int(os.environ.get("LOCAL_RANK", str(rank)))
+    return rank, world, local
+
+
+def init_distributed() -> DistInfo:
+    """Start the process group when launched by torchrun (or Slurm + torchrun); else one process."""
+    rank, world, local = env_dist()
+    if world <= 1:
+        return DistInfo()
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        if torch.cuda.is_available():
+            torch.cuda.set_device(local)
+            dist.init_process_group("nccl", device_id=torch.device("cuda", local))
+        else:
+            dist.init_process_group("gloo")
+    return DistInfo(rank=dist.get_rank(), world=dist.get_world_size())
+
+
+def is_fsdp(model: nn.Module) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
+
+
+def build_mesh(plan: ParallelPlan, device_type: str):
+    """A DeviceMesh with dims ("replicate", "shard", "tp"), size-1 dims left out."""
+    from torch.distributed.device_mesh import init_device_mesh
+
+    plan.check()
+    dims = [("replicate", plan.replicate), ("shard", plan.shard), ("tp", plan.tp)]
+    dims = [(n, s) for n, s in dims if s > 1] or [("shard", 1)]
+    return init_device_mesh(
+        device_type, tuple(s for _, s in dims), mesh_dim_names=tuple(n for n, _ in dims)
+    )
+
+
+def apply_tensor_parallel(model: nn.Module, tp_mesh) -> None:
+    """Column-split q/k/v/gate/up, row-split o/down; each rank keeps heads / tp heads."""
+    from torch.distributed.tensor.parallel import (
+        ColwiseParallel,
+        RowwiseParallel,
+        parallelize_module,
+    )
+
+    tp = tp_mesh.size()
+    cfg = model.cfg
+    if cfg.n_kv_heads % tp or cfg.n_heads % tp or cfg.ffn_size % tp:
+        raise UserError(
+            f"--tp {tp} must divide the heads ({cfg.n_heads}), kv heads ({cfg.n_kv_heads}) and "
+            f"FFN width ({cfg.ffn_size})"
+        )
+    if cfg.n_experts > 0:
+        raise UserError("tensor parallelism is not planned for mixture-of-experts models")
+    plan = {
+        "self_attn.q_proj": ColwiseParallel(),
+        "self_attn.k_proj": ColwiseParallel(),
+        "self_attn.v_proj": ColwiseParallel(),
+        "self_attn.o_proj": RowwiseParallel(),
+        "mlp.gate_proj": ColwiseParallel(),
+        "mlp.up_proj": ColwiseParallel(),
+        "mlp.down_proj": RowwiseParallel(),
+    }
+    for block in model.layers:
+        parallelize_module(block, tp_mesh, plan)
+        # Local outputs hold heads / tp heads: the reshapes must use the local count.
+        block.self_attn.n_heads = cfg.n_heads // tp
+        block.self_attn.n_kv_heads = cfg.n_kv_heads // tp
+
+
+def apply_fsdp(model: nn.Module, dp_mesh, device_type: str, reshard_root: bool = True) -> None:
+    """FSDP2 per block then the root; bf16 compute with fp32 reduction on GPU, fp32 on CPU."""
+    from torch.distributed.fsdp import (
+        MixedPrecisionPolicy,
+        fully_shard,
+        register_fsdp_forward_method,
+    )
+
+    if device_type == "cuda":
+        mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    else:
+        mp = MixedPrecisionPolicy()
+    for i, block in enumerate(model.layers):
+        # The last block is gathered again right away by backward: keep it unsharded.
+        last = i == len(model.layers) - 1
+        fully_shard(block, mesh=dp_mesh, mp_policy=mp, reshard_after_forward=not last)
+    fully_shard(model, mesh=dp_mesh, mp_policy=mp, reshard_after_forward=reshard_root)
+    # The trainer calls token_losses, not forward: it must gather the root's parameters too.
+    register_fsdp_forward_method(model, "token_losses")
+    from torch.distributed.fsdp import FSDPModule
+
+    for module in model.modules():  # the settings are per FSDP unit: every block and the root
+        if isinstance(module, FSDPModule):
+            module.set_gradient_divide_factor(1.0)
+            if hasattr(module, "set_force_sum_reduction_for_comms"):
+                # gloo has no PREMUL_SUM/AVG: plain sums, and no divide since the factor is 1.
+                module.set_force_sum_reduction_for_comms(True)
+
+
+def parallelize(model: nn.Module, plan: ParallelPlan, device: torch.device) -> nn.Module:
+    """TP (if ``plan.tp > 1``) then FSDP2 over the data-parallel dims; returns the same module."""
+    if plan.world <= 1:
+        return model
+    mesh = build_mesh(plan, device.type)
+    names = mesh.mesh_dim_names or ()
+    if "tp" in names:
+        apply_tensor_parallel(model, mesh["tp"])
+    dp = [n for n in ("replicate", "shard") if n in names]
+    if dp:
+        dp_mesh = mesh[tuple(dp)] if len(dp) > 1 else mesh[dp[0]]
+        apply_fsdp(model, dp_mesh, device.type)
+    return model
+
+
+def all_reduce_grads(model: nn.Module) -> None:
+    """Sum plain (unsharded) gradients over ranks: the data-parallel step without FSDP."""
+    import torch.distributed as dist
+
+    for p in model.parameters():
+        if p.grad is not None and not hasattr(p.grad, "full_tensor"):
+            dist.all_reduce(p.grad)
+
+
+def barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+# -- memory planning ------------------------------------------------------------------------------
+GIB = 1024**3
+
+
+def memory_plan(
+    cfg,
+    gpus: int,
+    tp: int = 1,
+    replicate: int = 1,
+    seq_len: int | None = None,
+    micro_batch: int = 1,
+    activation_checkpointing: bool = True,
+) -> dict:
+    """Per-GPU bytes of an FSDP2 (+TP) layout, from parameter counts (nothing is allocated).
+
+    Sharded and kept: fp32 master weights, fp32 gradients, Adam m and v (16 bytes/param over the
+    shard group x tp). Transient: two blocks gathered in bf16 (the one computing and the one
+    prefetched) and one block's bf16 gradients before the reduce-scatter. Activations per layer
+    follow Korthikanti et al. (2022) with a fused attention kernel: 34 * s * b * h bytes in bf16,
+    divided by tp; activation checkpointing keeps only each block's input (2 * s * b * h) plus one
+    block's full activations while it is recomputed. Logits are fp32 (vocab / tp each).
+    """
+    plan = ParallelPlan(gpus, tp, replicate)
+    plan.check()
+    s = seq_len or cfg.max_seq_len
+    h, layers = cfg.hidden_size, cfg.n_layers
+    kv = cfg.n_kv_heads * cfg.head_dim
+    attn = h * (cfg.n_heads * cfg.head_dim) * 2 + h * kv * 2
+    ffn_mult = max(1, cfg.n_experts) if cfg.n_experts > 0 else 1
+    mlp = 3 * h * cfg.ffn_size * ffn_mult
+    block = attn + mlp + 2 * h
+    embed = cfg.vocab_size * h
+    total = layers * block + 2 * embed + h
+    tp_split = layers * (attn + mlp)  # linear weights split by TP; the rest is replicated
+    per_gpu_params = (tp_split / tp + (total - tp_split)) / plan.shard
+    states = 16 * per_gpu_params
+    gathered = 2 * 2 * block / tp + 2 * block / tp
+    tokens = s * micro_batch
+    full_layer = 34 * tokens * h / tp
+    # Checkpointing keeps each block's input, plus one block's activations while recomputing.
+    acts = layers * 2 * tokens * h + full_layer if activation_checkpointing else layers * full_layer
+    logits = 2 * 4 * tokens * cfg.vocab_size / tp
+    used = states + gathered + acts + logits
+    return {
+        "params": int(total),
+        "gpus": gpus,
+        "tp": tp,
+        "replicate": replicate,
+        "shard": plan.shard,
+        "seq_len": s,
+        "micro_batch": micro_batch,
+        "activation_checkpointing": activation_checkpointing,
+        "gib": {
+            "weights_grads_adam": states / GIB,
+            "gathered_blocks": gathered / GIB,
+            "activations": acts / GIB,
+            "logits": logits / GIB,
+            "total": used / GIB,
+        },
+    }
+
+
+def meta_shard_check(cfg, tp: int = 1) -> dict:
+    """Build ``cfg`` on the meta device and run the real FSDP2 wrapping in a one-process gloo
+    group: proves the code path for any size without allocating a parameter."""
+    import tempfile
+
+    import torch.distributed as dist
+    from torch.distributed.tensor import DTensor
+
+    started = False
+    if not dist.is_initialized():
+        with tempfile.NamedTemporaryFile(prefix="aquila-meta-", delete=False) as store:
+            pass
+        dist.init_process_group("gloo", init_method=f"file://{store.name}", rank=0, world_size=1)
+        started = True
+    try:
+        model = cfg.build(device="meta")
+        mesh = build_mesh(ParallelPlan(1), "cpu")
+        apply_fsdp(model, mesh, "cpu")
+        params = list(model.parameters())
+        return {
+            "wrapped_blocks": len(model.layers),
+            "dtensor_params": sum(isinstance(p, DTensor) for p in params),
+            "params": len(params),
+            "on_meta": all(p.device.type == "meta" for p in params),
+            "numel": sum(p.numel() for p in params),
+        }
+    finally:
+        if started:
+            dist.destroy_process_group()
