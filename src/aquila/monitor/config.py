@@ -1,0 +1,120 @@
+"""Monitor options: typed dataclasses, readable from a ``[monitor]`` table of a run config."""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+from aquila.errors import UserError
+
+POLICIES = ("log", "skip", "rewind", "lower-lr", "stop")
+
+
+@dataclass
+class DetectorOptions:
+    """One detector: its thresholds and the policy applied when it fires."""
+
+    enabled: bool = True
+    # "log" (event only), "skip" (drop the optimizer step; needs the loss every step, i.e. one
+    # host sync per step), "rewind" (reload the last good checkpoint and skip the bad samples),
+    # "lower-lr" (multiply the LR schedule by ``lr_factor``) or "stop" (end the run).
+    policy: str = "log"
+    lr_factor: float = 0.5
+    # Steps to wait after an action before the same detector acts again.
+    cooldown: int = 50
+
+
+@dataclass
+class SpikeOptions(DetectorOptions):
+    # OLMo-core's default: more than 6 standard deviations above a 128-step rolling window.
+    sigma: float = 6.0
+    window: int = 128
+    min_history: int = 20
+    watch_grad_norm: bool = True
+
+
+@dataclass
+class PlateauOptions(DetectorOptions):
+    # No relative improvement of the smoothed loss larger than ``min_delta`` for ``window`` steps.
+    window: int = 500
+    min_delta: float = 0.005
+    ema: float = 0.98
+
+
+@dataclass
+class DivergenceOptions(DetectorOptions):
+    # The smoothed loss rose more than ``rise`` (relative) above its minimum.
+    rise: float = 0.25
+    ema: float = 0.9
+    min_steps: int = 50
+
+
+@dataclass
+class EvalOptions:
+    enabled: bool = True
+    # Evaluate every n-th checkpoint (1: all of them).
+    every: int = 1
+    # Held-out bytes per source (keeps an evaluation to seconds on CPU).
+    max_bytes: int = 60_000
+    # Task names from ``aquila.eval`` (e.g. "hellaswag-zh"), when that registry is present.
+    tasks: list[str] = field(default_factory=list)
+    task_limit: int = 50
+    threads: int = 1
+    # Wait for running evaluations when training ends (so results land in the run database).
+    wait_on_end: bool = True
+
+
+@dataclass
+class MonitorOptions:
+    enabled: bool = True
+    tensorboard: bool = False
+    wandb: bool = False
+    param_norm: bool = True
+    trajectory: bool = True
+    # After this many rewinds a "rewind" policy stops the run instead (it is not converging).
+    max_rewinds: int = 5
+    nonfinite: DetectorOptions = field(
+        default_factory=lambda: DetectorOptions(policy="rewind", cooldown=0)
+    )
+    spike: SpikeOptions = field(default_factory=SpikeOptions)
+    plateau: PlateauOptions = field(default_factory=PlateauOptions)
+    divergence: DivergenceOptions = field(default_factory=DivergenceOptions)
+    eval: EvalOptions = field(default_factory=EvalOptions)
+
+    @classmethod
+    def from_any(cls, obj: Any) -> MonitorOptions:
+        """From MonitorOptions, a dict (a ``[monitor]`` table), a config with ``.monitor``, or None."""
+        if obj is None:
+            return cls()
+        if isinstance(obj, MonitorOptions):
+            return obj
+        if isinstance(obj, dict):
+            return _from_dict(cls, obj, "monitor")
+        inner = getattr(obj, "monitor", None)
+        return cls.from_any(inner)
+
+
+def _from_dict(tp: type, raw: dict[str, Any], where: str) -> Any:
+    hints = typing.get_type_hints(tp)
+    obj = tp()
+    for key, value in raw.items():
+        if key not in hints:
+            raise UserError(
+                f"unknown config key {where}.{key}; valid keys: {', '.join(sorted(hints))}"
+            )
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            if not isinstance(value, dict):
+                raise UserError(f"config key {where}.{key} must be a table")
+            value = _from_dict(
+                hint, {**dataclasses.asdict(getattr(obj, key)), **value}, f"{where}.{key}"
+            )
+        elif hint is float and isinstance(value, int):
+            value = float(value)
+        setattr(obj, key, value)
+    for f in dataclasses.fields(obj):
+        if f.name == "policy" and obj.policy not in POLICIES:
+            raise UserError(f"{where}.policy {obj.policy!r}: choose one of {', '.join(POLICIES)}")
+    return obj

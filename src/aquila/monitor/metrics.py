@@ -1,0 +1,191 @@
+"""The metrics callback: logging-step numbers into the run database (and optional sinks), the
+parameter norm, and the mixture in force. It reads only what the trainer already computed."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from aquila.engine.callbacks import Callback
+from aquila.monitor import store
+from aquila.monitor.config import MonitorOptions
+
+if TYPE_CHECKING:
+    from aquila.engine.trainer import Trainer
+
+FIELDS = (
+    "step",
+    "tokens",
+    "samples",
+    "loss",
+    "grad_norm",
+    "lr",
+    "tokens_per_s",
+    "mfu",
+    "peak_memory",
+    "data_wait_s",
+    "batch_size",
+    "eta_s",
+    "time",
+)
+
+
+def parameter_norm(model: torch.nn.Module) -> float:
+    """L2 norm of all parameters: one fused reduction and one host sync."""
+    params = [p.detach() for p in model.parameters()]
+    return float(torch.nn.utils.get_total_norm(params, 2.0))
+
+
+def mixture_label(trainer: Trainer, plan_cache: dict[str, Any] | None = None) -> str:
+    """The name of the data phase in force: a named phase if one is known, else 'mixture N'."""
+    custom = False
+    for entry in reversed(trainer.history):
+        if entry.get("phase"):
+            return str(entry["phase"])
+        if entry.get("command") == "set-phase":
+            return str((entry.get("args") or {}).get("name", "phase"))
+        if entry.get("command") in ("set-mixture", "add-source"):
+            custom = True  # hand-set weights: no named phase is in force
+            break
+    cfg = trainer.cfg.data
+    if cfg.mixture and not custom:
+        cache = plan_cache if plan_cache is not None else {}
+        try:
+            if "plan" not in cache:
+                from aquila.data.mixture import load_mixture
+
+                cache["plan"] = load_mixture(cfg.mixture)
+            return (
+                cache["plan"]
+                .phase_at_sample(trainer.state.samples, cfg.seq_len, trainer.cfg.train.batch_size)
+                .name
+            )
+        except Exception:  # a missing or edited mixture file must not break training
+            cache["plan"] = None
+    history = getattr(trainer.data, "history", None)
+    segments = getattr(history, "segments", ())
+    n = sum(1 for from_g, _ in segments if from_g <= trainer.state.samples)
+    return f"mixture {max(1, n)}"
+
+
+def current_weights(trainer: Trainer) -> dict[str, float]:
+    get = getattr(trainer.data, "current_weights", None)
+    return {k: round(float(v), 6) for k, v in get().items()} if get else {}
+
+
+class MetricsWriter(Callback):
+    def __init__(self, opts: MonitorOptions | None = None):
+        self.opts = opts or MonitorOptions()
+        self.db = None
+        self._tb = None
+        self._wandb = None
+        self._weights: dict[str, float] | None = None
+        self._label: str | None = None
+        self._plan: dict[str, Any] = {}
+
+    def on_start(self, trainer: Trainer) -> None:
+        if not trainer.is_main:
+            return
+        self.db = store.open_db(trainer.run_dir)
+        self.db.add_event(
+            trainer.state.step, "start", f"training starts at step {trainer.state.step}"
+        )
+        self._check_mixture(trainer)
+        if self.opts.tensorboard:
+            self._tb = _tensorboard(trainer)
+        if self.opts.wandb:
+            self._wandb = _wandb(trainer)
+
+    def on_step(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
+        if self.db is None or "loss" not in metrics:
+            return
+        row = {k: metrics[k] for k in FIELDS if metrics.get(k) is not None}
+        row["source_loss"] = dict(metrics.get("source_loss") or {})
+        if metrics.get("skipped"):
+            row["skipped"] = str(metrics["skipped"])
+        if self.opts.param_norm:
+            row["param_norm"] = parameter_norm(trainer.model)
+        row["lr_scale"] = trainer.schedule.scale
+        row["phase"] = self._check_mixture(trainer)
+        row = {k: _finite(v) for k, v in row.items()}
+        self.db.add_metrics(int(row["step"]), row)
+        if self._tb is not None:
+            _tb_write(self._tb, row)
+        if self._wandb is not None:
+            self._wandb.log(_flat(row), step=int(row["step"]))
+
+    def on_end(self, trainer: Trainer, reason: str) -> None:
+        if self.db is not None:
+            self.db.add_event(trainer.state.step, "end", f"training ended: {reason}", reason=reason)
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+        if self._wandb is not None:
+            self._wandb.finish()
+            self._wandb = None
+
+    def _check_mixture(self, trainer: Trainer) -> str:
+        weights = current_weights(trainer)
+        label = mixture_label(trainer, self._plan)
+        if weights != self._weights or label != self._label:
+            self._weights, self._label = weights, label
+            store.add_mixture(self.db, trainer.state.step, trainer.state.samples, label, weights)
+        return label
+
+
+def _finite(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)
+    if isinstance(v, dict):
+        return {k: _finite(x) for k, x in v.items()}
+    return v
+
+
+def _flat(row: dict[str, Any]) -> dict[str, float]:
+    out = {k: v for k, v in row.items() if isinstance(v, (int, float)) and k != "step"}
+    out.update({f"source_loss/{k}": v for k, v in row["source_loss"].items()})
+    return out
+
+
+def _tensorboard(trainer: Trainer):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        from aquila.errors import UserError
+
+        raise UserError(
+            "monitor.tensorboard is set but the tensorboard package is missing: "
+            "pip install 'aquila[monitor]' (or pip install tensorboard)"
+        ) from None
+    return SummaryWriter(
+        log_dir=str(trainer.run_dir / "tensorboard"), purge_step=trainer.state.step + 1
+    )
+
+
+def _tb_write(writer, row: dict[str, Any]) -> None:
+    step = int(row["step"])
+    for key, value in _flat(row).items():
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            writer.add_scalar(key, value, step)
+    writer.flush()
+
+
+def _wandb(trainer: Trainer):
+    try:
+        import wandb
+    except ImportError:
+        from aquila.errors import UserError
+
+        raise UserError(
+            "monitor.wandb is set but wandb is not installed: pip install wandb"
+        ) from None
+    return wandb.init(
+        mode="offline",
+        dir=str(trainer.run_dir),
+        project="aquila",
+        name=trainer.run_dir.name,
+        config=trainer.cfg.to_dict(),
+        resume="allow",
+    )

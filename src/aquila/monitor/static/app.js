@@ -1,0 +1,222 @@
+// aquila monitor: polls the JSON API and redraws Plotly charts; controls enqueue commands.
+"use strict";
+const params = new URLSearchParams(location.search);
+const token = params.get("token");
+const interval = Number(params.get("interval") || 2000);
+const state = { cursor: 0, rows: new Map(), sources: [], weights: {}, pending: null };
+const PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
+  "#7f7f7f", "#bcbd22", "#17becf"];
+
+function api(path, opts = {}) {
+  const headers = Object.assign({ "X-Aquila-Request": "1" }, opts.headers || {});
+  if (token) headers["X-Aquila-Token"] = token;
+  return fetch(path.replace(/^\//, ""), Object.assign({}, opts, { headers }))
+    .then(async (r) => {
+      const body = await r.json();
+      if (!r.ok) throw new Error(body.error || r.statusText);
+      return body;
+    });
+}
+
+function toast(text) {
+  const t = document.getElementById("toast");
+  t.textContent = text; t.style.display = "block";
+  clearTimeout(toast.timer); toast.timer = setTimeout(() => (t.style.display = "none"), 4000);
+}
+
+function el(tag, text, cls) {
+  const e = document.createElement(tag);
+  if (text !== undefined) e.textContent = text;
+  if (cls) e.className = cls;
+  return e;
+}
+
+function fillTable(id, rows) {
+  const body = document.querySelector(`#${id} tbody`);
+  body.replaceChildren(...rows.map((cells) => {
+    const tr = el("tr");
+    cells.forEach((c) => tr.appendChild(c instanceof Node ? wrapTd(c) : el("td", String(c))));
+    return tr;
+  }));
+}
+function wrapTd(node) { const td = el("td"); td.appendChild(node); return td; }
+
+const layoutBase = (title, ytitle, extra = {}) => Object.assign({
+  title: { text: title, font: { size: 13 } }, margin: { l: 55, r: 10, t: 30, b: 35 },
+  xaxis: { title: { text: "step" } }, yaxis: { title: { text: ytitle } },
+  legend: { orientation: "h", y: -0.25 }, uirevision: title,
+}, extra);
+const num = (v) => (typeof v === "number" ? v : null);
+
+function drawCharts() {
+  const rows = [...state.rows.values()].sort((a, b) => a.step - b.step);
+  const x = rows.map((r) => r.step);
+  const line = (name, key, extra = {}) => Object.assign(
+    { x, y: rows.map((r) => num(r[key])), name, mode: "lines", type: "scatter" }, extra);
+  const sources = [...new Set(rows.flatMap((r) => Object.keys(r.source_loss || {})))].sort();
+  const loss = [line("loss", "loss", { line: { width: 3, color: "#222" } })].concat(
+    sources.map((s) => ({ x, y: rows.map((r) => num((r.source_loss || {})[s])), name: s,
+      mode: "lines", type: "scatter" })));
+  Plotly.react("chart-loss", loss, layoutBase("Loss (overall and per source)", "nats/token"));
+  Plotly.react("chart-grad", [line("grad norm", "grad_norm"),
+    line("param norm", "param_norm", { yaxis: "y2" })],
+    layoutBase("Gradient and parameter norm", "grad norm",
+      { yaxis2: { overlaying: "y", side: "right", title: { text: "param norm" } } }));
+  Plotly.react("chart-lr", [line("lr", "lr")], layoutBase("Learning rate", "lr"));
+  Plotly.react("chart-throughput", [line("tokens/s", "tokens_per_s"),
+    line("data wait (s)", "data_wait_s", { yaxis: "y2" })],
+    layoutBase("Throughput", "tokens/s",
+      { yaxis2: { overlaying: "y", side: "right", title: { text: "data wait s" } } }));
+  Plotly.react("chart-mfu", [line("MFU", "mfu")],
+    layoutBase("Model FLOPs utilisation", "MFU", { yaxis: { tickformat: ".1%" } }));
+  document.getElementById("run-step").textContent = rows.length
+    ? `step ${x[x.length - 1]} · loss ${Number(rows[rows.length - 1].loss).toFixed(4)}` : "no metrics yet";
+}
+
+function drawEvals(evals) {
+  const series = {};
+  for (const e of evals) {
+    if (e.task !== "heldout-bpb") continue;
+    for (const [lang, r] of Object.entries(e.data.languages || {})) {
+      (series[lang] = series[lang] || []).push([e.step, r.bpb]);
+    }
+  }
+  const traces = Object.entries(series).map(([lang, pts]) => ({
+    x: pts.map((p) => p[0]), y: pts.map((p) => p[1]), name: `${lang} bpb`, mode: "lines+markers" }));
+  Plotly.react("chart-evals", traces, layoutBase("Held-out bits per byte (checkpoints)", "bits/byte"));
+}
+
+function drawTrajectory(rows) {
+  const labels = [...new Set(rows.map((r) => r.label))];
+  const colour = (l) => PALETTE[labels.indexOf(l) % PALETTE.length];
+  const types = [...new Set(rows.map((r) => r.ptype))];
+  const traces = types.map((t) => {
+    const pts = rows.filter((r) => r.ptype === t && r.distance !== null);
+    return { x: pts.map((r) => r.step), y: pts.map((r) => r.distance), name: t,
+      mode: "lines+markers", text: pts.map((r) => r.label),
+      hovertemplate: `${t}: %{y:.4g} per 1B tokens<br>step %{x} · %{text}<extra></extra>`,
+      marker: { size: 9, color: pts.map((r) => colour(r.label)), line: { width: 1, color: "#000" } } };
+  });
+  // Legend entries for the phases (the marker colours).
+  labels.forEach((l) => traces.push({ x: [null], y: [null], name: `phase: ${l}`, mode: "markers",
+    marker: { size: 10, color: colour(l) } }));
+  Plotly.react("chart-trajectory", traces, layoutBase(
+    "Weight trajectory: Fréchet distance of per-layer std curves per 1B tokens (markers: data phase)",
+    "distance / 1B tokens", { yaxis: { type: "log", title: { text: "distance / 1B tokens" } } }));
+}
+
+function drawMixture(mix) {
+  const cur = mix.current;
+  if (cur) {
+    state.weights = cur.weights;
+    document.getElementById("mixture-label").textContent = `in force: ${cur.label} (since step ${cur.step})`;
+    const body = document.querySelector("#mixture-table tbody");
+    const names = Object.keys(cur.weights).sort();
+    if (names.join() !== state.sources.join()) {
+      state.sources = names;
+      body.replaceChildren(...names.map((n) => {
+        const tr = el("tr"); tr.appendChild(el("td", n)); tr.appendChild(el("td", "", "now"));
+        const inp = el("input"); inp.type = "number"; inp.step = "any"; inp.min = "0"; inp.name = n;
+        inp.dataset.source = n; inp.value = cur.weights[n].toFixed(3);
+        tr.appendChild(wrapTd(inp)); return tr;
+      }));
+    }
+    body.querySelectorAll("tr").forEach((tr, i) => {
+      tr.querySelector(".now").textContent = cur.weights[names[i]].toFixed(3);
+    });
+  }
+  fillTable("mixture-history", mix.history.map((h) => [`step ${h.step}`, h.label,
+    Object.entries(h.weights).map(([k, v]) => `${k} ${v.toFixed(2)}`).join(", ")]));
+  fillTable("commands", mix.commands.slice().reverse().map((c) => [c.id,
+    `${c.kind} ${JSON.stringify(c.args)}`, c.status + (c.reason ? `: ${c.reason}` : ""), c.applied_step ?? ""]));
+}
+
+function drawEvents(events) {
+  fillTable("events", events.slice().reverse().map((e) => {
+    const msg = el("span", e.message, `sev-${e.severity}`);
+    return [e.step, e.kind, msg];
+  }));
+}
+
+function drawSuggestions(list) {
+  const ul = document.getElementById("suggestions");
+  ul.replaceChildren(...list.map((s) => {
+    const li = el("li", s.message);
+    if (s.command) {
+      const b = el("button", "Apply…");
+      b.addEventListener("click", () => confirmCommand(s.command.kind, s.command.args));
+      li.appendChild(el("br")); li.appendChild(b);
+    }
+    return li;
+  }));
+  if (!list.length) ul.replaceChildren(el("li", "none right now"));
+}
+
+function confirmCommand(kind, args) {
+  state.pending = { kind, args };
+  document.getElementById("confirm-text").textContent = `${kind} ${JSON.stringify(args, null, 1)}`;
+  document.getElementById("confirm").showModal();
+}
+
+document.getElementById("confirm").addEventListener("close", async (ev) => {
+  const dialog = ev.target;
+  const cmd = state.pending; state.pending = null;
+  if (dialog.returnValue !== "ok" || !cmd) return;
+  try {
+    const r = await api("/api/command", { method: "POST",
+      headers: { "Content-Type": "application/json" }, body: JSON.stringify(cmd) });
+    toast(`command #${r.id} ${r.kind} enqueued`);
+    refreshSlow();
+  } catch (err) { toast(`not enqueued: ${err.message}`); }
+});
+
+document.getElementById("mixture-form").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  const phase = document.getElementById("mixture-phase").value.trim();
+  if (phase) return confirmCommand("set-phase", { name: phase });
+  const weights = {};
+  document.querySelectorAll("#mixture-table input").forEach((i) => { weights[i.dataset.source] = Number(i.value); });
+  confirmCommand("set-mixture", { weights });
+});
+document.getElementById("lr-form").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  const v = document.getElementById("lr-value").value, s = document.getElementById("lr-scale").value;
+  if (v) confirmCommand("set-lr", { value: Number(v) });
+  else if (s) confirmCommand("set-lr", { scale: Number(s) });
+  else toast("give a value or a scale");
+});
+document.querySelectorAll(".buttons button").forEach((b) =>
+  b.addEventListener("click", () => confirmCommand(b.dataset.kind, {})));
+
+async function refreshMetrics() {
+  const r = await api(`/api/metrics?after=${state.cursor}`);
+  state.cursor = r.cursor;
+  for (const row of r.rows) state.rows.set(row.step, row);
+  if (r.rows.length || !refreshMetrics.drawn) { drawCharts(); refreshMetrics.drawn = true; }
+}
+
+async function refreshSlow() {
+  const [summary, mix, events, evals, traj, sugg] = await Promise.all(["/api/summary",
+    "/api/mixture", "/api/events", "/api/evals", "/api/trajectory", "/api/suggestions"].map((p) => api(p)));
+  document.getElementById("run-name").textContent = summary.name;
+  document.getElementById("run-status").textContent = summary.status;
+  drawMixture(mix); drawEvents(events); drawEvals(evals); drawTrajectory(traj); drawSuggestions(sugg);
+}
+
+let tick = 0;
+async function poll() {
+  try {
+    await refreshMetrics();
+    if (tick++ % 3 === 0) await refreshSlow();
+    document.getElementById("conn").textContent = "";
+    document.body.dataset.ready = "1";
+  } catch (err) {
+    document.getElementById("conn").textContent = `⚠ ${err.message}`;
+  }
+  setTimeout(poll, interval);
+}
+if (typeof Plotly === "undefined") {
+  document.querySelector(".charts").textContent = "plotly.min.js is missing: pip install plotly";
+} else {
+  poll();
+}

@@ -1,0 +1,181 @@
+"""The monitor attached to real training runs of the aquila-test model."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from aquila.engine.run import prepare_run
+from aquila.monitor import MonitorOptions, monitor_callbacks, store
+from aquila.monitor.evaluator import EvalTrigger
+from aquila.monitor.policies import AnomalyMonitor
+
+
+def _opts(**kw) -> MonitorOptions:
+    raw = {"eval": {"enabled": False}, **kw}
+    return MonitorOptions.from_any(raw)
+
+
+def test_metrics_trajectory_and_mixture_reach_the_run_db(make_config):
+    cfg = make_config("train.max_steps=8", "train.checkpoint_every=4", "train.log_every=2")
+    run = prepare_run(cfg, callbacks=monitor_callbacks(_opts()), quiet=True)
+    assert run.trainer.fit() == "completed"
+    db = store.open_db(run.run_dir)
+    rows = store.latest_metrics(db)
+    assert [r["step"] for r in rows] == [2, 4, 6, 8]
+    last = rows[-1]
+    for key in ("loss", "grad_norm", "param_norm", "lr", "tokens_per_s", "data_wait_s"):
+        assert isinstance(last[key], float) and math.isfinite(last[key]), key
+    assert set(last["source_loss"]) == {"kjv", "news"}
+    expected_norm = torch.linalg.vector_norm(
+        torch.cat([p.detach().flatten() for p in run.trainer.model.parameters()])
+    )
+    assert last["param_norm"] == pytest.approx(float(expected_norm), rel=1e-4)
+    traj = store.trajectory(db)
+    steps = sorted({r["step"] for r in traj})
+    assert steps == [4, 8]
+    ptypes = {r["ptype"] for r in traj}
+    assert ptypes == {
+        "q",
+        "k",
+        "v",
+        "o",
+        "gate",
+        "up",
+        "down",
+        "input_layernorm",
+        "post_attention_layernorm",
+    }
+    second = [r for r in traj if r["step"] == 8]
+    assert all(r["prev_step"] == 4 and r["distance"] > 0 for r in second)
+    assert all(len(r["curve"]) == 2 for r in traj)  # two layers
+    mix = store.mixtures(db)
+    assert mix[0]["label"] == "mixture 1" and set(mix[0]["weights"]) == {"kjv", "news"}
+    kinds = [e["kind"] for e in db.events()]
+    assert kinds[0] == "start" and kinds[-1] == "end"
+
+
+class Corrupt:
+    """Wraps the run's data: the planted global indices read uniform random tokens."""
+
+    def __init__(self, data, bad: set[int], vocab: int):
+        self._data, self.bad, self.vocab = data, bad, vocab
+
+    def __getattr__(self, name):
+        return getattr(self._data, name)
+
+    def read(self, g):
+        batch = self._data.read(g)
+        rows = [i for i, x in enumerate(np.asarray(g)) if int(x) in self.bad]
+        if rows:
+            gen = torch.Generator().manual_seed(int(g[0]))
+            tokens = batch.tokens.clone()
+            tokens[rows] = torch.randint(
+                self.vocab - 8, self.vocab - 1, (len(rows), tokens.shape[1]), generator=gen
+            )
+            batch.tokens = tokens
+        return batch
+
+
+def _spike_run(make_config, policy: str, tmp_path, log_every: int = 1):
+    cfg = make_config(
+        "train.max_steps=40",
+        "train.checkpoint_every=10",
+        f"train.log_every={log_every}",
+        "train.batch_size=4",
+        run_dir=tmp_path / policy,
+    )
+    opts = _opts(
+        spike={
+            "policy": policy,
+            "window": 16,
+            "sigma": 6.0,
+            "min_history": 8,
+            "watch_grad_norm": False,
+        },
+        plateau={"enabled": False},
+        divergence={"enabled": False},
+    )
+    monitor = AnomalyMonitor(opts)
+    run = prepare_run(cfg, callbacks=[*monitor_callbacks(opts)[:1], monitor], quiet=True)
+    bad_step = 30
+    bad = set(range((bad_step - 1) * 4, bad_step * 4))  # the whole batch of step 25
+    run.trainer.data = Corrupt(run.trainer.data, bad, 512)
+    return run, monitor, bad_step, bad
+
+
+@pytest.mark.parametrize("policy", ["skip", "rewind", "lower-lr"])
+def test_planted_corrupt_batch_is_caught_and_handled(make_config, tmp_path, policy):
+    run, monitor, bad_step, bad = _spike_run(make_config, policy, tmp_path, log_every=5)
+    assert run.trainer.fit() == "completed"
+    spikes = [f for f in monitor.findings if f["kind"] == "spike"]
+    assert spikes and spikes[0]["step"] == bad_step, monitor.findings
+    assert spikes[0]["action"] == policy
+    assert set(spikes[0]["global_indices"]) == bad
+    assert spikes[0]["documents"] and spikes[0]["documents"][0][0][0] in {"kjv", "news"}
+    db = store.open_db(run.run_dir)
+    events = db.events("spike")
+    assert events[0]["step"] == bad_step and events[0]["data"]["action"] == policy
+    assert events[0]["data"]["evidence"]["loss"]["sigmas"] > 6
+    losses = [r["loss"] for r in store.latest_metrics(db)]
+    assert math.isfinite(losses[-1]) and losses[-1] < math.log(512)
+    kinds = [h["kind"] for h in run.trainer.history]
+    if policy == "rewind":
+        rewind = next(h for h in run.trainer.history if h["kind"] == "rewind")
+        assert rewind["to_step"] == 20 and rewind["skip"] == [min(bad), max(bad) + 1]
+        assert "skip-samples" in kinds
+        assert run.trainer.state.step == 40
+        # The corrupt samples were never trained on again: the run read past them.
+        assert run.trainer.state.samples == 40 * 4 + 4
+    if policy == "lower-lr":
+        assert run.trainer.schedule.scale == pytest.approx(0.5)
+        assert "lower-lr" in kinds
+
+
+def test_nonfinite_loss_rewinds_without_per_step_sync(make_config, tmp_path):
+    cfg = make_config(
+        "train.max_steps=12",
+        "train.checkpoint_every=4",
+        "train.log_every=4",
+        run_dir=tmp_path / "nan",
+    )
+    opts = _opts(
+        spike={"enabled": False}, plateau={"enabled": False}, divergence={"enabled": False}
+    )
+    monitor = AnomalyMonitor(opts)
+    assert not monitor.per_step
+    run = prepare_run(cfg, callbacks=[monitor], quiet=True)
+    trainer = run.trainer
+    original = trainer.loss_fn
+
+    def poisoned(inputs, targets):
+        out = original(inputs, targets)
+        # The step that reads samples 24..27 (step 7) produces a NaN loss once.
+        if trainer.state.samples == 24 and not getattr(poisoned, "done", False):
+            poisoned.done = True
+            return out * float("nan")
+        return out
+
+    trainer.loss_fn = poisoned
+    assert trainer.fit() == "completed"
+    nan = [f for f in monitor.findings if f["kind"] == "nonfinite"]
+    assert len(nan) == 1 and nan[0]["step"] == 7 and nan[0]["action"] == "rewind"
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+    assert trainer.state.step == 12
+
+
+def test_eval_runs_in_a_separate_process(make_config, tmp_path):
+    cfg = make_config("train.max_steps=4", "train.checkpoint_every=2", run_dir=tmp_path / "ev")
+    trigger = EvalTrigger(MonitorOptions().eval)
+    trigger.opts.max_bytes = 4000
+    run = prepare_run(cfg, callbacks=[trigger], quiet=True)
+    run.trainer.fit()
+    assert trigger.launched and trigger.launched[0] == 2
+    evals = store.open_db(run.run_dir).evals()
+    assert {e["step"] for e in evals} == set(trigger.launched)
+    res = evals[-1]["data"]
+    assert set(res["languages"]) == {"en", "zh"}
+    assert 0 < res["languages"]["en"]["bpb"] < 8
