@@ -37,7 +37,9 @@ class CrashAfter(Callback):
 
 def test_loss_decreases_and_run_dir_is_complete(make_config):
     rec = Record()
-    run = prepare_run(make_config("train.max_steps=30", "train.checkpoint_every=10"), callbacks=[rec], quiet=True)
+    run = prepare_run(
+        make_config("train.max_steps=30", "train.checkpoint_every=10"), callbacks=[rec], quiet=True
+    )
     assert run.trainer.fit() == "completed"
     first, last = rec.losses[1], rec.losses[30]
     assert math.log(512) - 0.5 < first < math.log(512) + 0.5
@@ -55,7 +57,9 @@ def test_interrupted_and_resumed_run_matches_uninterrupted(make_config, tmp_path
     prepare_run(make_config(run_dir=tmp_path / "a"), callbacks=[straight], quiet=True).trainer.fit()
 
     first = Record()
-    run = prepare_run(make_config(run_dir=tmp_path / "b"), callbacks=[first, CrashAfter(4)], quiet=True)
+    run = prepare_run(
+        make_config(run_dir=tmp_path / "b"), callbacks=[first, CrashAfter(4)], quiet=True
+    )
     with pytest.raises(RuntimeError, match="simulated kill"):
         run.trainer.fit()
     assert [s for s, _ in list_checkpoints(tmp_path / "b")] == [3]
@@ -71,16 +75,25 @@ def test_interrupted_and_resumed_run_matches_uninterrupted(make_config, tmp_path
 def test_gradient_accumulation_matches_full_batch(make_config, tmp_path):
     a, b = Record(), Record()
     prepare_run(make_config(run_dir=tmp_path / "a"), callbacks=[a], quiet=True).trainer.fit()
-    prepare_run(make_config("train.micro_batch_size=1", run_dir=tmp_path / "b"), callbacks=[b],
-                quiet=True).trainer.fit()
+    prepare_run(
+        make_config("train.micro_batch_size=1", run_dir=tmp_path / "b"), callbacks=[b], quiet=True
+    ).trainer.fit()
     for step in a.losses:
         assert a.losses[step] == pytest.approx(b.losses[step], rel=1e-5)
 
 
 def test_batch_ramp_reads_consecutive_samples(make_config):
     rec = Record()
-    run = prepare_run(make_config("train.batch_size=8", "train.ramp_start=2", "train.ramp_increment=2",
-                                  "train.ramp_steps=2"), callbacks=[rec], quiet=True)
+    run = prepare_run(
+        make_config(
+            "train.batch_size=8",
+            "train.ramp_start=2",
+            "train.ramp_increment=2",
+            "train.ramp_steps=2",
+        ),
+        callbacks=[rec],
+        quiet=True,
+    )
     run.trainer.fit()
     sizes = [len(rec.batches[s]) for s in sorted(rec.batches)]
     assert sizes == [2, 2, 4, 4, 6, 6]
@@ -100,7 +113,10 @@ def test_disk_full_during_save_keeps_last_checkpoint(make_config, monkeypatch):
         return real_save(obj, f, *args, **kwargs)
 
     monkeypatch.setattr(torch, "save", failing_save)
-    with pytest.raises(UserError, match="disk full while saving checkpoint .*step-00000006.*last good checkpoint is .*step-00000003"):
+    with pytest.raises(
+        UserError,
+        match="disk full while saving checkpoint .*step-00000006.*last good checkpoint is .*step-00000003",
+    ):
         run.trainer.fit()
     ckpts = list_checkpoints(run.run_dir)
     assert [s for s, _ in ckpts] == [3]
@@ -140,12 +156,28 @@ def test_cli_errors_exit_2(tmp_path, capsys, shard_dir):
 
 
 def test_cli_trains_and_prints_json(make_config, shard_dir, tiny_tokenizer_dir, tmp_path, capsys):
-    rc = main([
-        "train", "--json", "--quiet", "--no-report", "--run-dir", str(tmp_path / "cli"),
-        "--set", "model.preset='aquila-test'", "--set", f"data.dir='{shard_dir}'",
-        "--set", f"tokenizer='{tiny_tokenizer_dir}'", "--set", "data.seq_len=32",
-        "--set", "train.batch_size=2", "--set", "train.max_steps=3",
-    ])
+    rc = main(
+        [
+            "train",
+            "--json",
+            "--quiet",
+            "--no-report",
+            "--run-dir",
+            str(tmp_path / "cli"),
+            "--set",
+            "model.preset='aquila-test'",
+            "--set",
+            f"data.dir='{shard_dir}'",
+            "--set",
+            f"tokenizer='{tiny_tokenizer_dir}'",
+            "--set",
+            "data.seq_len=32",
+            "--set",
+            "train.batch_size=2",
+            "--set",
+            "train.max_steps=3",
+        ]
+    )
     assert rc == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["steps"] == 3 and out["tokens"] == 3 * 2 * 32 and out["status"] == "completed"
@@ -156,7 +188,8 @@ def test_cli_trains_and_prints_json(make_config, shard_dir, tiny_tokenizer_dir, 
 def test_compiled_training_matches_eager(make_config, tmp_path):
     eager, compiled = Record(), Record()
     prepare_run(make_config(run_dir=tmp_path / "e"), callbacks=[eager], quiet=True).trainer.fit()
-    prepare_run(make_config("train.compile=true", run_dir=tmp_path / "c"), callbacks=[compiled],
-                quiet=True).trainer.fit()
+    prepare_run(
+        make_config("train.compile=true", run_dir=tmp_path / "c"), callbacks=[compiled], quiet=True
+    ).trainer.fit()
     for step, loss in eager.losses.items():
         assert compiled.losses[step] == pytest.approx(loss, rel=1e-4)

@@ -47,12 +47,22 @@ class ModelConfig:
 
     def validate(self) -> None:
         checks = [
-            (self.hidden_size > 0 and self.n_layers > 0, "hidden_size and n_layers must be positive"),
-            (self.n_heads > 0 and self.hidden_size % self.n_heads == 0,
-             f"hidden_size {self.hidden_size} must be divisible by n_heads {self.n_heads}"),
-            (self.n_kv_heads > 0 and self.n_heads % self.n_kv_heads == 0,
-             f"n_heads {self.n_heads} must be a multiple of n_kv_heads {self.n_kv_heads}"),
-            (self.head_dim % 2 == 0, f"head_dim {self.head_dim} must be even for rotary embeddings"),
+            (
+                self.hidden_size > 0 and self.n_layers > 0,
+                "hidden_size and n_layers must be positive",
+            ),
+            (
+                self.n_heads > 0 and self.hidden_size % self.n_heads == 0,
+                f"hidden_size {self.hidden_size} must be divisible by n_heads {self.n_heads}",
+            ),
+            (
+                self.n_kv_heads > 0 and self.n_heads % self.n_kv_heads == 0,
+                f"n_heads {self.n_heads} must be a multiple of n_kv_heads {self.n_kv_heads}",
+            ),
+            (
+                self.head_dim % 2 == 0,
+                f"head_dim {self.head_dim} must be even for rotary embeddings",
+            ),
             (self.vocab_size > 0 and self.ffn_size > 0, "vocab_size and ffn_size must be positive"),
             (self.rope_scaling >= 1.0, "rope_scaling must be >= 1"),
         ]
@@ -71,9 +81,7 @@ class ModelConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise UserError(
-                f"unknown model config key(s) {unknown}; valid keys: {sorted(known)}"
-            )
+            raise UserError(f"unknown model config key(s) {unknown}; valid keys: {sorted(known)}")
         return cls(**data)
 
     def build(self, device: torch.device | str | None = None) -> AquilaModel:
@@ -86,34 +94,68 @@ class ModelConfig:
 _PRESETS: dict[str, ModelConfig] = {
     # The published Aquila2 shapes (head dim 128, untied embeddings, vocab 100,008).
     "aquila2-7b": ModelConfig(
-        hidden_size=4096, n_layers=32, n_heads=32, n_kv_heads=32, ffn_size=11008,
-        max_seq_len=2048, init_std=0.02,
+        hidden_size=4096,
+        n_layers=32,
+        n_heads=32,
+        n_kv_heads=32,
+        ffn_size=11008,
+        max_seq_len=2048,
+        init_std=0.02,
     ),
     "aquila2-34b": ModelConfig(
-        hidden_size=6144, n_layers=60, n_heads=48, n_kv_heads=8, ffn_size=24576,
-        max_seq_len=4096, init_std=0.0165,
+        hidden_size=6144,
+        n_layers=60,
+        n_heads=48,
+        n_kv_heads=8,
+        ffn_size=24576,
+        max_seq_len=4096,
+        init_std=0.0165,
     ),
     "aquila2-70b": ModelConfig(
-        hidden_size=8192, n_layers=80, n_heads=64, n_kv_heads=8, ffn_size=28672,
-        max_seq_len=4096, init_std=0.0149,
+        hidden_size=8192,
+        n_layers=80,
+        n_heads=64,
+        n_kv_heads=8,
+        ffn_size=28672,
+        max_seq_len=4096,
+        init_std=0.0149,
     ),
     # A ~1.1B model for one GPU (Aquila2 proportions, GQA 16/4 heads of 128).
     "aquila2-1b": ModelConfig(
-        hidden_size=2048, n_layers=16, n_heads=16, n_kv_heads=4, ffn_size=5632,
+        hidden_size=2048,
+        n_layers=16,
+        n_heads=16,
+        n_kv_heads=4,
+        ffn_size=5632,
         max_seq_len=4096,
     ),
     # CPU presets with a small vocabulary: a 100k vocabulary would dominate a model this size.
     "aquila-10m": ModelConfig(
-        vocab_size=8192, hidden_size=256, n_layers=6, n_heads=4, n_kv_heads=4, ffn_size=688,
+        vocab_size=8192,
+        hidden_size=256,
+        n_layers=6,
+        n_heads=4,
+        n_kv_heads=4,
+        ffn_size=688,
         max_seq_len=256,
     ),
     "aquila-50m": ModelConfig(
-        vocab_size=16384, hidden_size=512, n_layers=10, n_heads=8, n_kv_heads=4, ffn_size=1376,
+        vocab_size=16384,
+        hidden_size=512,
+        n_layers=10,
+        n_heads=8,
+        n_kv_heads=4,
+        ffn_size=1376,
         max_seq_len=512,
     ),
     # For tests: a few hundred thousand parameters.
     "aquila-test": ModelConfig(
-        vocab_size=512, hidden_size=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_size=160,
+        vocab_size=512,
+        hidden_size=64,
+        n_layers=2,
+        n_heads=4,
+        n_kv_heads=2,
+        ffn_size=160,
         max_seq_len=128,
     ),
 }

@@ -27,7 +27,9 @@ def rope_tables(
     head_dim: int, max_len: int, base: float, scaling: float, device: torch.device | str | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """cos/sin tables of shape (max_len, head_dim) in the rotate-half layout."""
-    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=device) / head_dim))
+    inv_freq = 1.0 / (
+        base ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=device) / head_dim)
+    )
     positions = torch.arange(max_len, dtype=torch.float32, device=device) / scaling
     freqs = torch.outer(positions, inv_freq)
     emb = torch.cat([freqs, freqs], dim=-1)
@@ -54,7 +56,9 @@ class KVCache:
         self.max_len = max_len
         self.pos = 0  # number of positions already filled
 
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def update(
+        self, layer: int, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         end = self.pos + k.shape[2]
         if end > self.max_len:
             raise ValueError(f"KV cache overflow: {end} positions > capacity {self.max_len}")

@@ -38,7 +38,9 @@ class AquilaModel(nn.Module):
         self.layers = nn.ModuleList(Block(cfg, i, device=device) for i in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.norm_eps, device=device)
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False, device=device)
-        cos, sin = rope_tables(cfg.head_dim, cfg.max_seq_len, cfg.rope_base, cfg.rope_scaling, device)
+        cos, sin = rope_tables(
+            cfg.head_dim, cfg.max_seq_len, cfg.rope_base, cfg.rope_scaling, device
+        )
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
         if str(device) != "meta":
@@ -55,7 +57,10 @@ class AquilaModel(nn.Module):
                 p.fill_(1.0)
         # The rotary tables are buffers: recompute them in case the model was built on meta.
         cos, sin = rope_tables(
-            self.cfg.head_dim, self.cfg.max_seq_len, self.cfg.rope_base, self.cfg.rope_scaling,
+            self.cfg.head_dim,
+            self.cfg.max_seq_len,
+            self.cfg.rope_base,
+            self.cfg.rope_scaling,
             self.embed_tokens.weight.device,
         )
         self.rope_cos, self.rope_sin = cos, sin
@@ -85,7 +90,9 @@ class AquilaModel(nn.Module):
         h = self.hidden_states(tokens)
         logits = self.lm_head(h).float()
         losses = F.cross_entropy(
-            logits.view(-1, logits.shape[-1]), targets.reshape(-1), reduction="none",
+            logits.view(-1, logits.shape[-1]),
+            targets.reshape(-1),
+            reduction="none",
             ignore_index=-100,
         )
         return losses.view(targets.shape)
@@ -120,4 +127,3 @@ def count_params(cfg: ModelConfig, active: bool = False) -> int:
         expert = 3 * cfg.hidden_size * cfg.ffn_size
         total -= cfg.n_layers * (cfg.n_experts - cfg.top_k) * expert
     return total
-
