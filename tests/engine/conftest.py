@@ -45,6 +45,8 @@ def make_config(shard_dir, tiny_tokenizer_dir, tmp_path):
                 "train.keep_last=5",
                 "optim.lr=3e-3",
                 "optim.warmup_steps=2",
+                # Checkpoint evaluation runs in its own process; tests of it live in tests/monitor.
+                "monitor.eval.enabled=false",
                 *overrides,
             ],
         )

@@ -91,5 +91,5 @@ def monitored_run(shard_dir, tiny_tokenizer_dir, heldout_dir, tmp_path_factory) 
         ],
     )
     opts = MonitorOptions.from_any({"eval": {"max_bytes": 3000}})
-    prepare_run(cfg, callbacks=monitor_callbacks(opts), quiet=True).trainer.fit()
+    prepare_run(cfg, callbacks=monitor_callbacks(opts), quiet=True, monitor=False).trainer.fit()
     return run_dir

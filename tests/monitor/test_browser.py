@@ -49,7 +49,7 @@ def test_dashboard_shows_live_run_and_enqueues_mixture_change(make_config, tmp_p
     cbs = monitor_callbacks(opts)
     if ControlCallback is not None:
         cbs.append(ControlCallback(Path(cfg.run_dir), poll_seconds=0.05))
-    run = prepare_run(cfg, callbacks=cbs, quiet=True)
+    run = prepare_run(cfg, callbacks=cbs, quiet=True, monitor=False)
     trainer = run.trainer
     result = {}
     train = threading.Thread(target=lambda: result.update(reason=trainer.fit()), daemon=True)

@@ -21,7 +21,7 @@ def _opts(**kw) -> MonitorOptions:
 
 def test_metrics_trajectory_and_mixture_reach_the_run_db(make_config):
     cfg = make_config("train.max_steps=8", "train.checkpoint_every=4", "train.log_every=2")
-    run = prepare_run(cfg, callbacks=monitor_callbacks(_opts()), quiet=True)
+    run = prepare_run(cfg, callbacks=monitor_callbacks(_opts()), quiet=True, monitor=False)
     assert run.trainer.fit() == "completed"
     db = store.open_db(run.run_dir)
     rows = store.latest_metrics(db)
@@ -100,7 +100,9 @@ def _spike_run(make_config, policy: str, tmp_path, log_every: int = 1):
         divergence={"enabled": False},
     )
     monitor = AnomalyMonitor(opts)
-    run = prepare_run(cfg, callbacks=[*monitor_callbacks(opts)[:1], monitor], quiet=True)
+    run = prepare_run(
+        cfg, callbacks=[*monitor_callbacks(opts)[:1], monitor], quiet=True, monitor=False
+    )
     bad_step = 30
     bad = set(range((bad_step - 1) * 4, bad_step * 4))  # the whole batch of step 25
     run.trainer.data = Corrupt(run.trainer.data, bad, 512)
@@ -147,7 +149,7 @@ def test_nonfinite_loss_rewinds_without_per_step_sync(make_config, tmp_path):
     )
     monitor = AnomalyMonitor(opts)
     assert not monitor.per_step
-    run = prepare_run(cfg, callbacks=[monitor], quiet=True)
+    run = prepare_run(cfg, callbacks=[monitor], quiet=True, monitor=False)
     trainer = run.trainer
     original = trainer.loss_fn
 
@@ -171,7 +173,7 @@ def test_eval_runs_in_a_separate_process(make_config, tmp_path):
     cfg = make_config("train.max_steps=4", "train.checkpoint_every=2", run_dir=tmp_path / "ev")
     trigger = EvalTrigger(MonitorOptions().eval)
     trigger.opts.max_bytes = 4000
-    run = prepare_run(cfg, callbacks=[trigger], quiet=True)
+    run = prepare_run(cfg, callbacks=[trigger], quiet=True, monitor=False)
     run.trainer.fit()
     assert trigger.launched and trigger.launched[0] == 2
     evals = store.open_db(run.run_dir).evals()

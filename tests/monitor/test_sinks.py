@@ -1,17 +1,15 @@
 import pytest
 
 from aquila.engine.run import prepare_run
-from aquila.monitor import MonitorOptions, monitor_callbacks
 
 
 def test_tensorboard_event_files_are_written(make_config):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    opts = MonitorOptions.from_any({"tensorboard": True, "eval": {"enabled": False}})
-    run = prepare_run(
-        make_config("train.max_steps=4"), callbacks=monitor_callbacks(opts), quiet=True
-    )
+    # Through the run config's [monitor] table, as a user would switch it on.
+    cfg = make_config("train.max_steps=4", "monitor.tensorboard=true", "monitor.eval.enabled=false")
+    run = prepare_run(cfg, quiet=True)
     run.trainer.fit()
     files = list((run.run_dir / "tensorboard").glob("events.out.tfevents.*"))
     assert files

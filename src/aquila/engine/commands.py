@@ -146,10 +146,16 @@ def _train(args: argparse.Namespace) -> int:
         f"{trainer.state.train_seconds:.0f} s of training",
         args.json,
     )
-    if not args.no_report and reason in ("completed", "time limit"):
+    distributed = trainer.dist.world > 1
+    if not args.no_report and reason in ("completed", "time limit") and not distributed:
         summary.update(_final_report(prepared, args.json))
+    elif distributed and trainer.is_main and not args.no_report:
+        print_line(
+            f"held-out report skipped in a distributed run: aquila eval {prepared.run_dir}",
+            args.json,
+        )
     summary["seconds"] = round(time.perf_counter() - started, 2)
-    if args.json:
+    if args.json and trainer.is_main:
         print(json.dumps(summary, ensure_ascii=False))
     return 130 if reason == "interrupted" else 0
 

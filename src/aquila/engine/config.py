@@ -93,6 +93,9 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainSection = field(default_factory=TrainSection)
+    # The Training State Monitor's detectors, policies and evaluation (see docs/monitor.md);
+    # validated by ``aquila.monitor.config.MonitorOptions``.
+    monitor: dict[str, Any] = field(default_factory=dict)
     run_dir: str = ""
 
     def to_dict(self) -> dict[str, Any]:
@@ -169,11 +172,18 @@ def config_from_dict(raw: dict[str, Any]) -> TrainConfig:
             if not isinstance(values, dict):
                 raise UserError(f"config section [{section}] must be a table")
             _apply_section(getattr(cfg, section), values, section)
+        elif section == "monitor":
+            from aquila.monitor.config import MonitorOptions
+
+            if not isinstance(values, dict):
+                raise UserError("config section [monitor] must be a table")
+            MonitorOptions.from_any(values)  # unknown keys fail now, not mid-run
+            cfg.monitor = values
         elif section in TOP_LEVEL:
             setattr(cfg, section, _coerce(values, str, section))
         else:
             raise UserError(
-                f"unknown config section {section!r}; valid: model, "
+                f"unknown config section {section!r}; valid: model, monitor, "
                 f"{', '.join(sorted([*SECTIONS, *TOP_LEVEL]))}"
             )
     return cfg

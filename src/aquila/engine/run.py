@@ -120,6 +120,7 @@ def prepare_run(
     dist: DistInfo | None = None,
     progress: bool | None = None,
     quiet: bool = False,
+    monitor: bool = True,
 ) -> PreparedRun:
     if dist is None:
         from aquila.engine.distributed import init_distributed
@@ -148,6 +149,10 @@ def prepare_run(
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     run_dir.mkdir(parents=True, exist_ok=True)
+    if dist.world > 1 and dist.rank != 0:
+        from aquila.engine.distributed import barrier
+
+        barrier()  # rank 0 writes the run's tokenizer and any cached shards first
     tokenizer = _prepare_tokenizer(cfg, run_dir)
     if cfg.model.vocab_size < tokenizer.vocab_size:
         raise UserError(
@@ -155,6 +160,10 @@ def prepare_run(
             f"{tokenizer.vocab_size}: --set model.vocab_size={tokenizer.vocab_size}"
         )
     data_dir = cfg.data.dir or sample_shards(tokenizer, show_progress=not quiet)
+    if dist.world > 1 and dist.rank == 0:
+        from aquila.engine.distributed import barrier
+
+        barrier()
     data = open_train_data(
         data_dir,
         cfg.data.sources,
@@ -186,6 +195,11 @@ def prepare_run(
     cbs.append(ControlCallback(run_dir, mixture=cfg.data.mixture))
     if not quiet:
         cbs.append(ProgressReporter(cfg.train.max_steps, use_bar=progress))
+    if monitor:
+        from aquila.monitor import monitor_callbacks
+
+        # The monitor's writer runs first so the caller's callbacks see the stored metrics.
+        cbs.extend(monitor_callbacks(cfg.monitor))
     cbs.extend(callbacks or [])
     trainer = Trainer(cfg, model, data, run_dir, cbs, device=device, dist=dist)
     trainer.register_state("data", data)

@@ -80,6 +80,7 @@ class Trainer:
         self._checkpoint_requested = False
         self._skip_reason: str | None = None
         self._extra_state: dict[str, Any] = {}
+        self._pending_extra: dict[str, Any] = {}
         if t.compile:
             self._compile()
         if t.activation_checkpointing:
@@ -110,6 +111,9 @@ class Trainer:
     def register_state(self, key: str, obj: Any) -> None:
         """Objects with state_dict/load_state_dict that must travel with checkpoints."""
         self._extra_state[key] = obj
+        # Registered after a resume (e.g. in on_start): restore what the checkpoint holds for it.
+        if key in self._pending_extra:
+            obj.load_state_dict(self._pending_extra.pop(key))
 
     # -- the loop -----------------------------------------------------------------------------
     def fit(self) -> str:
@@ -311,7 +315,11 @@ class Trainer:
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
                 "python": random.getstate(),
             },
-            "extra": {k: v.state_dict() for k, v in self._extra_state.items()},
+            # State restored but not yet claimed by a registered object travels on unchanged.
+            "extra": {
+                **self._pending_extra,
+                **{k: v.state_dict() for k, v in self._extra_state.items()},
+            },
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -324,9 +332,10 @@ class Trainer:
         if rng.get("cuda") and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(rng["cuda"])
         random.setstate(rng["python"])
+        self._pending_extra = dict(state.get("extra", {}))
         for key, obj in self._extra_state.items():
-            if key in state.get("extra", {}):
-                obj.load_state_dict(state["extra"][key])
+            if key in self._pending_extra:
+                obj.load_state_dict(self._pending_extra.pop(key))
 
     def save(self) -> Path | None:
         self._checkpoint_requested = False

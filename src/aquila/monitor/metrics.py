@@ -33,9 +33,15 @@ FIELDS = (
 
 
 def parameter_norm(model: torch.nn.Module) -> float:
-    """L2 norm of all parameters: one fused reduction and one host sync."""
+    """L2 norm of all parameters: one fused reduction and one host sync.
+
+    With sharded (DTensor) parameters this is a collective: every rank must call it.
+    """
     params = [p.detach() for p in model.parameters()]
-    return float(torch.nn.utils.get_total_norm(params, 2.0))
+    norm = torch.nn.utils.get_total_norm(params, 2.0)
+    if hasattr(norm, "full_tensor"):
+        norm = norm.full_tensor()
+    return float(norm)
 
 
 def mixture_label(trainer: Trainer, plan_cache: dict[str, Any] | None = None) -> str:
@@ -99,14 +105,18 @@ class MetricsWriter(Callback):
             self._wandb = _wandb(trainer)
 
     def on_step(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
-        if self.db is None or "loss" not in metrics:
+        if "loss" not in metrics:
+            return
+        # Every rank joins the norm's reduction when parameters are sharded; rank 0 writes.
+        norm = parameter_norm(trainer.model) if self.opts.param_norm else None
+        if self.db is None:
             return
         row = {k: metrics[k] for k in FIELDS if metrics.get(k) is not None}
         row["source_loss"] = dict(metrics.get("source_loss") or {})
         if metrics.get("skipped"):
             row["skipped"] = str(metrics["skipped"])
-        if self.opts.param_norm:
-            row["param_norm"] = parameter_norm(trainer.model)
+        if norm is not None:
+            row["param_norm"] = norm
         row["lr_scale"] = trainer.schedule.scale
         row["phase"] = self._check_mixture(trainer)
         row = {k: _finite(v) for k, v in row.items()}

@@ -140,7 +140,9 @@ class TrajectoryCallback(Callback):
             # A rewind: later curves belong to a path training has left.
             self.seen = {s: v for s, v in self.seen.items() if s < step}
             store.drop_trajectory_after(self.db, step - 1)
-        curves = model_curves(trainer.model)
+        # A distributed checkpoint's consolidated weights are on disk; the in-memory parameters
+        # are shards only rank 0 cannot reduce alone.
+        curves = checkpoint_curves(path) if trainer.dist.world > 1 else model_curves(trainer.model)
         earlier = [s for s, (t, _) in self.seen.items() if t < tokens]
         prev = max(earlier) if earlier else None
         dist = {}
