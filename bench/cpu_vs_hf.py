@@ -65,6 +65,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--compile", action="store_true", help="also time aquila with train.compile")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
@@ -73,6 +74,17 @@ def main() -> None:
         args.preset, args.seq_len, args.batch, args.steps, args.warmup, device="cpu"
     )
     hf = hf_llama_rate(args.preset, args.seq_len, args.batch, args.steps, args.warmup)
+    compiled = None
+    if args.compile:
+        compiled = run_benchmark(
+            args.preset,
+            args.seq_len,
+            args.batch,
+            args.steps,
+            args.warmup,
+            compile=True,
+            device="cpu",
+        )
     fpt = flops_per_token(get_preset(args.preset), args.seq_len)
     result = {
         "preset": args.preset,
@@ -87,6 +99,10 @@ def main() -> None:
         "hf_mfu_vs_matmul_peak": hf["tokens_per_s"] * fpt / peak,
         "flops_per_token": fpt,
     }
+    if compiled:
+        result["aquila_compiled_tokens_per_s"] = compiled["tokens_per_s"]
+        result["aquila_compiled_mfu_vs_matmul_peak"] = compiled["tokens_per_s"] * fpt / peak
+        result["compiled_speedup_vs_hf"] = compiled["tokens_per_s"] / hf["tokens_per_s"]
     if args.json:
         print(json.dumps(result))
     else:
