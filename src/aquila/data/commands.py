@@ -40,8 +40,28 @@ def _register_tokenize(dsub: argparse._SubParsersAction) -> None:
             "source is left alone (use --force to redo it); an unfinished one is redone."
         ),
     )
-    t.add_argument("inputs", nargs="+", metavar="INPUT", type=Path, help="files or directories")
-    t.add_argument("--name", required=True, help="source name (a directory under DATA_DIR)")
+    t.add_argument(
+        "inputs",
+        nargs="*",
+        metavar="INPUT",
+        type=Path,
+        help="files or directories (or none with --workspace)",
+    )
+    t.add_argument("--name", help="source name (a directory under DATA_DIR); required with INPUT")
+    t.add_argument(
+        "--workspace",
+        type=Path,
+        metavar="DIR",
+        help="tokenize the catalog's sources from their last finished stage (clean, dedup or "
+        "decontaminate) instead of INPUT files; --source picks some",
+    )
+    t.add_argument(
+        "--source",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="with --workspace: only this source (repeatable)",
+    )
     t.add_argument("--tokenizer", required=True, type=Path, metavar="DIR", help="tokenizer dir")
     t.add_argument("--out", required=True, type=Path, metavar="DATA_DIR", help="data directory")
     t.add_argument("--lang", default="en", choices=LANGS, help="language (default: en)")
@@ -75,6 +95,10 @@ def _tokenize(args: argparse.Namespace) -> int:
     if args.batch_docs < 1:
         raise UserError(f"--batch-docs must be >= 1, got {args.batch_docs}")
     tokenizer = Tokenizer.load(args.tokenizer)
+    if args.workspace is not None:
+        return _tokenize_workspace(args, tokenizer)
+    if not args.inputs or not args.name:
+        raise UserError("give INPUT files with --name, or --workspace DIR")
     manifest = tokenize_source(
         args.name,
         args.inputs,
@@ -107,6 +131,47 @@ def _tokenize(args: argparse.Namespace) -> int:
         print(f"  skipped {skipped['total']} record(s): {reasons}")
         for ex in skipped["examples"][:5]:
             print(f"    {ex}")
+    return 0
+
+
+def _tokenize_workspace(args: argparse.Namespace, tokenizer) -> int:
+    """Every catalog source (or --source ones), read from the output of its last stage."""
+    from aquila.data.shards import tokenize_source
+    from aquila.data.workspace import DataWorkspace
+
+    if args.inputs or args.name:
+        raise UserError("--workspace tokenizes catalog sources: give no INPUT and no --name")
+    if not (args.workspace / "catalog.sqlite").is_file():
+        raise UserError(f"--workspace {args.workspace}: no catalog.sqlite (run `aquila data add`)")
+    ws = DataWorkspace(args.workspace)
+    try:
+        manifests = []
+        for src in ws.catalog.sources(args.source or None):
+            parts = ws.final_parts(src.name) or [Path(f.path) for f in src.files]
+            manifests.append(
+                tokenize_source(
+                    src.name,
+                    parts,
+                    tokenizer,
+                    args.out,
+                    lang=src.lang,
+                    kind=src.kind,
+                    batch_docs=args.batch_docs,
+                    show_progress=not args.json,
+                    force=args.force,
+                )
+            )
+            if not args.json:
+                m = manifests[-1]
+                state = "already tokenized" if m.get("skipped_existing") else "tokenized"
+                print(
+                    f"{args.out / src.name}: {state}, {m['documents']:,} documents, "
+                    f"{m['tokens']:,} tokens"
+                )
+    finally:
+        ws.close()
+    if args.json:
+        print(json.dumps({"data_dir": str(args.out), "sources": manifests}, ensure_ascii=False))
     return 0
 
 
