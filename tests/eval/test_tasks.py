@@ -25,7 +25,10 @@ class _TableLM:
         self.tokenizer, self.table = tokenizer, table
 
     def loglikelihood(self, pairs):
-        return [LogLikelihood(self.table[c], False, 1) for _, c in pairs]
+        # An entry keyed by (context, choice) wins over one keyed by the choice alone.
+        return [
+            LogLikelihood(self.table.get((x, c), self.table.get(c)), False, 1) for x, c in pairs
+        ]
 
     def loglikelihood_shared(self, context, choices):
         return self.loglikelihood([(context, c) for c in choices])
@@ -36,7 +39,20 @@ def test_acc_and_acc_norm_differ_by_length(tiny_tokenizer):
     ex = [MCExample("Q:", [" yes", " a much longer answer", " no"], gold=1)]
     lm = _TableLM(tiny_tokenizer, {" yes": -4.0, " a much longer answer": -10.0, " no": -5.0})
     r = score_examples(lm, ex)
-    assert r == {"acc": 0.0, "acc_norm": 1.0, "n": 1}
+    assert r == {"acc": 0.0, "acc_norm": 1.0, "acc_pmi": 0.0, "n": 1}
+
+
+def test_acc_pmi_rewards_what_the_context_raised(tiny_tokenizer):
+    # " the" is likelier everywhere; the context raised " Lord" the most over its prior.
+    ex = [MCExample("Praise ye", [" the", " Lord"], gold=1)]
+    table = {
+        ("Praise ye", " the"): -2.0,
+        ("Praise ye", " Lord"): -3.0,
+        ("", " the"): -1.5,
+        ("", " Lord"): -8.0,
+    }
+    r = score_examples(_TableLM(tiny_tokenizer, table), ex)
+    assert r["acc"] == 0.0 and r["acc_pmi"] == 1.0
 
 
 def test_fewshot_context_excludes_the_example_itself():

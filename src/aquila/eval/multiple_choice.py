@@ -1,4 +1,6 @@
-"""Multiple-choice scoring by log-likelihood: acc (sum of log-probs) and acc_norm (per byte).
+"""Multiple-choice scoring by log-likelihood: acc (sum of log-probs), acc_norm (per byte) and
+acc_pmi (log P(choice | context) - log P(choice): how much the context raised the choice, which
+removes the bias toward choices that are likely on their own).
 
 Few-shot prompts put ``k`` solved examples (drawn with a fixed seed from the same task, never the
 example itself) before the question, each as its context followed by its gold choice.
@@ -42,7 +44,7 @@ def score_examples(
     advance: Callable[[int], None] | None = None,
 ) -> dict[str, float]:
     """acc, acc_norm and the count of examples; ``advance(n)`` reports progress."""
-    correct = correct_norm = 0
+    correct = correct_norm = correct_pmi = 0
     chunk = max(1, lm.batch_size)
     for start in range(0, len(examples), chunk):
         idx = list(range(start, min(start + chunk, len(examples))))
@@ -59,13 +61,24 @@ def score_examples(
         for i in batched:
             n = len(examples[i].choices)
             scores[i], pos = flat[pos : pos + n], pos + n
+        # Each choice once more with no context: its prior log-probability.
+        priors = lm.loglikelihood([("", c) for i in idx for c in examples[i].choices])
+        pos = 0
         for i in idx:
             ex = examples[i]
             logps = [r.logprob for r in scores[i]]
+            pmi = [lp - p.logprob for lp, p in zip(logps, priors[pos : pos + len(logps)])]
+            pos += len(logps)
+            correct_pmi += int(max(range(len(pmi)), key=pmi.__getitem__) == ex.gold)
             norm = [lp / max(1, len(c.encode("utf-8"))) for lp, c in zip(logps, ex.choices)]
             correct += int(max(range(len(logps)), key=logps.__getitem__) == ex.gold)
             correct_norm += int(max(range(len(norm)), key=norm.__getitem__) == ex.gold)
         if advance:
             advance(len(idx))
     n = max(1, len(examples))
-    return {"acc": correct / n, "acc_norm": correct_norm / n, "n": len(examples)}
+    return {
+        "acc": correct / n,
+        "acc_norm": correct_norm / n,
+        "acc_pmi": correct_pmi / n,
+        "n": len(examples),
+    }
