@@ -193,3 +193,15 @@ def test_compiled_training_matches_eager(make_config, tmp_path):
     ).trainer.fit()
     for step, loss in eager.losses.items():
         assert compiled.losses[step] == pytest.approx(loss, rel=1e-4)
+
+
+def test_activation_checkpointing_matches_plain_training(make_config, tmp_path):
+    plain, ckpt = Record(), Record()
+    prepare_run(make_config(run_dir=tmp_path / "p"), callbacks=[plain], quiet=True).trainer.fit()
+    prepare_run(
+        make_config("train.activation_checkpointing=true", run_dir=tmp_path / "a"),
+        callbacks=[ckpt],
+        quiet=True,
+    ).trainer.fit()
+    for step, loss in plain.losses.items():
+        assert ckpt.losses[step] == pytest.approx(loss, rel=1e-5)
