@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import errno
 import os
-import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -18,10 +17,9 @@ from typing import Any
 import torch
 
 from aquila.errors import UserError
-from aquila.model.io import load_model_dir, save_model_dir
+from aquila.model.io import fsync_path, load_model_dir, save_model_dir, step_dirs
 
 STATE_FILE = "train_state.pt"
-_STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
 def checkpoint_dir(run_dir: Path, step: int) -> Path:
@@ -29,15 +27,8 @@ def checkpoint_dir(run_dir: Path, step: int) -> Path:
 
 
 def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
-    root = run_dir / "checkpoints"
-    if not root.is_dir():
-        return []
-    found = []
-    for p in root.iterdir():
-        m = _STEP_DIR.match(p.name)
-        if m and p.is_dir() and (p / STATE_FILE).is_file():
-            found.append((int(m.group(1)), p))
-    return sorted(found)
+    """``(step, dir)`` of the run's complete training checkpoints, oldest first."""
+    return step_dirs(run_dir, STATE_FILE)
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
@@ -45,12 +36,18 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return found[-1][1] if found else None
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def finalize_checkpoint(tmp: Path, final: Path, state: dict[str, Any]) -> None:
+    """Write the training state into ``tmp`` (model files already there), make it durable and
+    rename it to ``final``: the one moment a checkpoint becomes visible."""
+    with open(tmp / STATE_FILE, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    fsync_path(tmp)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    fsync_path(final.parent)
 
 
 def save_checkpoint(
@@ -62,15 +59,7 @@ def save_checkpoint(
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         save_model_dir(model, tmp)
-        with open(tmp / STATE_FILE, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        _fsync_dir(tmp)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        _fsync_dir(final.parent)
+        finalize_checkpoint(tmp, final, state)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         if exc.errno == errno.ENOSPC:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import errno
 import json
-import os
 import shutil
 import warnings
 from pathlib import Path
@@ -25,7 +24,12 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from aquila.engine.checkpoint import STATE_FILE, checkpoint_dir, latest_checkpoint
+from aquila.engine.checkpoint import (
+    STATE_FILE,
+    checkpoint_dir,
+    finalize_checkpoint,
+    latest_checkpoint,
+)
 from aquila.errors import UserError
 
 if TYPE_CHECKING:
@@ -87,8 +91,6 @@ def save_sharded(trainer: Trainer) -> Path | None:
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_state_dict
 
-    from aquila.engine.checkpoint import _fsync_dir
-
     rank, _ = _world()
     run_dir, step = trainer.run_dir, trainer.state.step
     final = checkpoint_dir(run_dir, step)
@@ -112,15 +114,7 @@ def save_sharded(trainer: Trainer) -> Path | None:
             _write_model_files(full, trainer.model.cfg, tmp)
             state = trainer.state_dict()
             state.pop("optimizer", None)
-            with open(tmp / STATE_FILE, "wb") as f:
-                torch.save(state, f)
-                f.flush()
-                os.fsync(f.fileno())
-            _fsync_dir(tmp)
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-            _fsync_dir(final.parent)
+            finalize_checkpoint(tmp, final, state)
         except Exception as exc:
             error = exc
     if not _all_ok(error is None):

@@ -244,14 +244,15 @@ def load_model_dir(
     return model.eval()
 
 
-def _checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
+def step_dirs(run_dir: Path, marker: str = CONFIG_FILE) -> list[tuple[int, Path]]:
+    """``(step, dir)`` of a run's ``checkpoints/step-N`` dirs holding ``marker``, by step."""
     root = run_dir / "checkpoints"
     if not root.is_dir():
         return []
     found = []
     for p in root.iterdir():
         m = _STEP_DIR.match(p.name)
-        if m and (p / CONFIG_FILE).is_file():
+        if m and (p / marker).is_file():
             found.append((int(m.group(1)), p))
     return sorted(found)
 
@@ -263,7 +264,7 @@ def resolve_model_dir(path: str | Path) -> Path:
         raise UserError(f"{p} does not exist")
     if (p / CONFIG_FILE).is_file():
         return p
-    found = _checkpoints(p)
+    found = step_dirs(p)
     if found:
         return found[-1][1]
     if (p / "checkpoints").is_dir():
