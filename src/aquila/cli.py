@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "aquila.quant.commands",
     "aquila.engine.control_commands",
     "aquila.monitor.commands",
+    "aquila.scale.commands",
 ]
 
 

@@ -205,3 +205,19 @@ def test_activation_checkpointing_matches_plain_training(make_config, tmp_path):
     ).trainer.fit()
     for step, loss in plain.losses.items():
         assert ckpt.losses[step] == pytest.approx(loss, rel=1e-5)
+
+
+def test_moe_model_trains_with_router_losses(make_config):
+    rec = Record()
+    run = prepare_run(
+        make_config("model.preset='aquila-moe-test'", "train.max_steps=12"),
+        callbacks=[rec],
+        quiet=True,
+    )
+    run.trainer.fit()
+    from aquila.model.moe import expert_utilisation, moe_aux_loss
+
+    assert rec.losses[12] < rec.losses[1] and math.isfinite(rec.losses[12])
+    assert float(moe_aux_loss(run.trainer.model)) > 0
+    used = expert_utilisation(run.trainer.model)
+    assert len(used) == run.trainer.model.cfg.n_layers and all(sum(layer) > 0 for layer in used)

@@ -148,6 +148,34 @@ _PRESETS: dict[str, ModelConfig] = {
         ffn_size=1376,
         max_seq_len=512,
     ),
+    # AquilaMoE's EfficientScale path: a dense 7B, grown to a dense 16B (width x1.25 with GQA
+    # 32/8 -> 40/8 heads, depth 32 -> 40), upcycled to 8 experts of 16B with top-2 routing.
+    "aquila-moe-7b-dense": ModelConfig(
+        hidden_size=4096,
+        n_layers=32,
+        n_heads=32,
+        n_kv_heads=8,
+        ffn_size=14336,
+        max_seq_len=4096,
+    ),
+    "aquila-moe-16b-dense": ModelConfig(
+        hidden_size=5120,
+        n_layers=40,
+        n_heads=40,
+        n_kv_heads=8,
+        ffn_size=20480,
+        max_seq_len=4096,
+    ),
+    "aquila-moe-8x16b": ModelConfig(
+        hidden_size=5120,
+        n_layers=40,
+        n_heads=40,
+        n_kv_heads=8,
+        ffn_size=20480,
+        max_seq_len=4096,
+        n_experts=8,
+        top_k=2,
+    ),
     # For tests: a few hundred thousand parameters.
     "aquila-test": ModelConfig(
         vocab_size=512,
@@ -157,6 +185,18 @@ _PRESETS: dict[str, ModelConfig] = {
         n_kv_heads=2,
         ffn_size=160,
         max_seq_len=128,
+    ),
+    # aquila-test with 4 experts, top-2: the mixture-of-experts test model.
+    "aquila-moe-test": ModelConfig(
+        vocab_size=512,
+        hidden_size=64,
+        n_layers=2,
+        n_heads=4,
+        n_kv_heads=2,
+        ffn_size=160,
+        max_seq_len=128,
+        n_experts=4,
+        top_k=2,
     ),
 }
 

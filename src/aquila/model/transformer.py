@@ -55,6 +55,13 @@ class AquilaModel(nn.Module):
                 p.normal_(0.0, std, generator=generator)
             elif name.endswith("norm.weight") or "layernorm" in name:
                 p.fill_(1.0)
+        if self.cfg.n_experts > 0:
+            from aquila.model.moe import MoEFFN
+
+            # Experts and router have their own scheme (the router's std is not init_std).
+            for layer in self.layers:
+                if isinstance(layer.mlp, MoEFFN):
+                    layer.mlp.reset_parameters(generator)
         # The rotary tables are buffers: recompute them in case the model was built on meta.
         cos, sin = rope_tables(
             self.cfg.head_dim,
