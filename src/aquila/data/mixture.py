@@ -29,7 +29,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-TOP_KEYS = {"name", "default_max_epochs", "sources", "phases"}
+# [policy]: an online mixture policy (aquila.mixing), validated here so one check covers the file.
+TOP_KEYS = {"name", "default_max_epochs", "sources", "phases", "policy"}
 PHASE_KEYS = {"name", "weights", "tokens", "steps"}
 SOURCE_KEYS = {"max_epochs"}
 
@@ -101,6 +102,10 @@ def parse_mixture(text: str, path: Path, known_sources: set[str] | None = None) 
     except tomllib.TOMLDecodeError as exc:
         raise UserError(f"{path}: invalid TOML ({exc})") from None
     _unknown(raw, TOP_KEYS, "", path)
+    if "policy" in raw:
+        from aquila.mixing.config import PolicyConfig
+
+        PolicyConfig.from_dict(raw["policy"], where=f"{path}: [policy]")
     limits = raw.get("sources", {})
     for name, spec in limits.items():
         _unknown(spec, SOURCE_KEYS, f"in [sources.{name}]: ", path)

@@ -36,13 +36,14 @@ KINDS = (
     "set-lr",
     "set-phase",
     "add-source",
+    "auto-mixture",
     "pause",
     "resume",
     "checkpoint-now",
     "stop",
 )
 # Commands that change what later steps compute; only these are re-applied after a resume.
-REPLAYED = {"set-mixture", "set-lr", "set-phase", "add-source"}
+REPLAYED = {"set-mixture", "set-lr", "set-phase", "add-source", "auto-mixture"}
 MAX_LR = 1.0
 
 
@@ -107,6 +108,7 @@ class RunContext:
 
     available_sources: list[str] | None  # in the data dir (None: unknown, e.g. sample corpus)
     phases: list[str]
+    has_policy: bool = False  # an online mixture policy steers the run
 
     @classmethod
     def from_run_dir(cls, run_dir: Path) -> RunContext:
@@ -122,12 +124,14 @@ class RunContext:
             from aquila.data.shards import available_sources
 
             available = available_sources(Path(cfg.data.dir))
-        phases = []
+        phases, has_policy = [], False
         if cfg.data.mixture:
             from aquila.data.mixture import load_mixture
+            from aquila.mixing.config import load_policy_config
 
             phases = [p.name for p in load_mixture(cfg.data.mixture).phases]
-        return cls(available, phases)
+            has_policy = load_policy_config(cfg.data.mixture) is not None
+        return cls(available, phases, has_policy)
 
 
 def validate(kind: str, args: dict[str, Any], ctx: RunContext | None = None) -> None:
@@ -157,6 +161,13 @@ def validate(kind: str, args: dict[str, Any], ctx: RunContext | None = None) -> 
         w = args.get("weight", 0.0)
         if not isinstance(w, (int, float)) or not 0 <= w < 1:
             raise UserError(f"add-source --weight must be in [0, 1), got {w!r}")
+    elif kind == "auto-mixture":
+        if not isinstance(args.get("on"), bool):
+            raise UserError(f"auto-mixture takes on or off, got {args.get('on')!r}")
+        if ctx is not None and not ctx.has_policy:
+            raise UserError(
+                "auto-mixture: the run has no mixture policy (a [policy] table in its mixture file)"
+            )
 
 
 # -- applying commands inside the trainer ---------------------------------------------------
@@ -266,6 +277,13 @@ class ControlCallback(Callback):
             else:
                 sched.scale = float(args["value"]) / max(sched.base_lr(trainer.state.step), 1e-30)
             return {"scale": sched.scale, "lr": sched(trainer.state.step)}
+        if kind == "auto-mixture":
+            from aquila.mixing.callback import MixingCallback
+
+            if not any(isinstance(cb, MixingCallback) for cb in trainer.callbacks):
+                raise Rejected("the run has no mixture policy to switch")
+            # The MixingCallback reads this entry from the history at the same boundary.
+            return {"on": bool(args["on"])}
         if kind == "pause":
             self.paused = True
         elif kind == "resume":

@@ -26,6 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
             "  aquila control runs/r1 set-mixture knowledge      # a phase of the mixture file\n"
             "  aquila control runs/r1 set-lr 1e-4 | set-lr --scale 0.5\n"
             "  aquila control runs/r1 add-source reviews --weight 0.1\n"
+            "  aquila control runs/r1 auto-mixture on   # hand the mixture back to its policy\n"
             "  aquila control runs/r1 pause | resume | checkpoint-now | stop\n"
             "  aquila control runs/r1 status --json"
         ),
@@ -62,6 +63,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument(
         "--weight", type=float, default=0.0, help="its share, others scaled down (default 0)"
     )
+    c = add("auto-mixture", "hand mixture control to the run's policy (on) or take it (off)")
+    c.add_argument("state", choices=("on", "off"), help="on: the policy steers; off: it pauses")
     add("pause", "hold at the next step boundary (no data consumed) until resume or stop")
     add("resume", "continue a paused training")
     add("checkpoint-now", "save a checkpoint at the next step boundary")
@@ -115,6 +118,8 @@ def _args_of(ns: argparse.Namespace) -> tuple[str, dict]:
         return a, {"name": ns.name}
     if a == "add-source":
         return a, {"name": ns.name, "weight": ns.weight}
+    if a == "auto-mixture":
+        return a, {"on": ns.state == "on"}
     return a, {}
 
 

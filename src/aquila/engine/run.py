@@ -200,12 +200,23 @@ def prepare_run(
 
         # The monitor's writer runs first so the caller's callbacks see the stored metrics.
         cbs.extend(monitor_callbacks(cfg.monitor))
+    if cfg.data.mixture and not any(_is_mixer(cb) for cb in callbacks or []):
+        from aquila.mixing import mixing_callbacks
+
+        # After ControlCallback: a manual mixture command pauses the policy at the same boundary.
+        cbs.extend(mixing_callbacks(cfg))
     cbs.extend(callbacks or [])
     trainer = Trainer(cfg, model, data, run_dir, cbs, device=device, dist=dist)
     trainer.register_state("data", data)
     if resumed_from is not None:
         trainer.resume_from(resumed_from)
     return PreparedRun(cfg, run_dir, tokenizer, data, trainer, resumed_from)
+
+
+def _is_mixer(cb: Callback) -> bool:
+    from aquila.mixing.callback import MixingCallback
+
+    return isinstance(cb, MixingCallback)
 
 
 def _apply_mixture_file(cfg: TrainConfig, data: TrainData) -> None:

@@ -24,7 +24,16 @@ from aquila.monitor.suggest import suggestions
 
 STATIC = Path(__file__).parent / "static"
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
-COMMAND_KINDS = ("set-mixture", "set-phase", "set-lr", "checkpoint-now", "stop", "pause", "resume")
+COMMAND_KINDS = (
+    "set-mixture",
+    "set-phase",
+    "set-lr",
+    "auto-mixture",
+    "checkpoint-now",
+    "stop",
+    "pause",
+    "resume",
+)
 
 
 def plotly_js() -> Path | None:
@@ -76,6 +85,10 @@ def validate_command(kind: str, args: Any, known_sources: set[str]) -> dict[str,
         if not math.isfinite(x) or x <= 0:
             raise CommandError(f"set-lr {key} must be positive")
         return {key: x}
+    if kind == "auto-mixture":
+        if not isinstance(args.get("on"), bool):
+            raise CommandError("auto-mixture needs on: true or false")
+        return {"on": args["on"]}
     return {}
 
 

@@ -48,6 +48,8 @@ def mixture_label(trainer: Trainer, plan_cache: dict[str, Any] | None = None) ->
     """The name of the data phase in force: a named phase if one is known, else 'mixture N'."""
     custom = False
     for entry in reversed(trainer.history):
+        if entry.get("kind") == "auto-mixture" and "weights" in entry:
+            return f"auto ({entry.get('policy', 'policy')})"
         if entry.get("phase"):
             return str(entry["phase"])
         if entry.get("command") == "set-phase":

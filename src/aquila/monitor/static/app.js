@@ -186,7 +186,7 @@ document.getElementById("lr-form").addEventListener("submit", (ev) => {
   else toast("give a value or a scale");
 });
 document.querySelectorAll(".buttons button").forEach((b) =>
-  b.addEventListener("click", () => confirmCommand(b.dataset.kind, {})));
+  b.addEventListener("click", () => confirmCommand(b.dataset.kind, JSON.parse(b.dataset.args || "{}"))));
 
 async function refreshMetrics() {
   const r = await api(`/api/metrics?after=${state.cursor}`);
