@@ -178,6 +178,42 @@ BUILTIN = {
     "zh_news_cloze": lambda: _builtin_mc(
         "zh_news_cloze", "zh", "zh_news_cloze", "pick the true next People's Daily sentence among 4"
     ),
+    "en_word_cloze": lambda: _builtin_mc(
+        "en_word_cloze",
+        "en",
+        "en_word_cloze",
+        "pick the word that fills a blank in a Bible sentence among 4 of its length and frequency",
+    ),
+    "zh_word_cloze": lambda: _builtin_mc(
+        "zh_word_cloze",
+        "zh",
+        "zh_word_cloze",
+        "pick the two-character word that fills a blank in a People's Daily sentence among 4",
+    ),
+    "en_word_order": lambda: _builtin_mc(
+        "en_word_order",
+        "en",
+        "en_word_order",
+        "pick the Bible sentence in its true word order among 4 (3 with adjacent words swapped)",
+    ),
+    "zh_word_order": lambda: _builtin_mc(
+        "zh_word_order",
+        "zh",
+        "zh_word_order",
+        "pick the People's Daily sentence in its true word order among 4",
+    ),
+    "zh_char_order": lambda: _builtin_mc(
+        "zh_char_order",
+        "zh",
+        "zh_char_order",
+        "pick the People's Daily sentence among 4 (3 with a two-character word reversed)",
+    ),
+    "zh_word_shuffle": lambda: _builtin_mc(
+        "zh_word_shuffle",
+        "zh",
+        "zh_word_shuffle",
+        "pick the People's Daily sentence among 4 (3 with its words shuffled)",
+    ),
     "humaneval": lambda: _humaneval_task(None),
 }
 FILE_FORMATS = ("mmlu", "ceval", "cmmlu", "hellaswag", "arc", "mc", "gsm8k", "humaneval")
