@@ -82,6 +82,10 @@ class TrainSection:
     keep_every: int = 0
     # Worker threads for the CPU math (0: torch's default).
     threads: int = 0
+    # Start a new run from these weights: a model dir, or a run dir (its latest checkpoint), e.g.
+    # one written by `aquila grow` / `aquila upcycle`. The model section and the tokenizer come
+    # from it; optimizer and schedule start fresh at step 0. A resume ignores it.
+    init_from: str = ""
 
 
 @dataclass

@@ -60,6 +60,102 @@ class PreparedRun:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass
+class InitSource:
+    """Where a new run's weights come from (``train.init_from``), resolved."""
+
+    model_dir: Path
+    tokenizer_dir: Path | None
+
+
+# Model keys that fix some tensor's shape: with train.init_from they are the weights' own.
+SHAPE_KEYS = (
+    "vocab_size",
+    "hidden_size",
+    "n_layers",
+    "n_heads",
+    "n_kv_heads",
+    "ffn_size",
+    "n_experts",
+)
+
+
+def resolve_init_from(cfg: TrainConfig) -> InitSource:
+    """Take the model section (and the tokenizer, unless set) from ``cfg.train.init_from``.
+
+    Model keys the config sets away from its preset must agree with the weights when they fix a
+    shape (an error names the key); others (max_seq_len, rope_scaling, MoE coefficients in
+    ``extra``) override the stored values.
+    """
+    from aquila.model import io as model_io
+    from aquila.model.config import ModelConfig, get_preset
+
+    given = cfg.train.init_from
+    try:
+        model_dir = model_io.resolve_model_dir(given)
+        theirs = model_io.read_model_config(model_dir).to_dict()
+    except UserError as exc:
+        raise UserError(f"train.init_from: {exc}") from None
+    if "quantization" in json.loads((model_dir / model_io.CONFIG_FILE).read_text()):
+        raise UserError(
+            f"train.init_from: {model_dir} holds int4 weights; start from a full-precision model dir"
+        )
+    preset = get_preset(cfg.preset).to_dict()
+    merged = dict(theirs)
+    for key, value in cfg.model.to_dict().items():
+        if value == preset[key] or value == theirs[key]:
+            continue  # not set by the config, or set to the weights' own value
+        if key in SHAPE_KEYS:
+            raise UserError(
+                f"train.init_from: model.{key}={value} but {model_dir} has {key}={theirs[key]}; "
+                f"drop the model.{key} setting (the model section comes from the weights)"
+            )
+        merged[key] = {**theirs[key], **value} if key == "extra" else value
+    cfg.model = ModelConfig.from_dict(merged)
+    try:
+        tok_dir: Path | None = model_io.resolve_tokenizer_dir(given)
+    except UserError:
+        tok_dir = None
+    if not cfg.tokenizer and tok_dir is not None:
+        cfg.tokenizer = str(tok_dir)
+    return InitSource(model_dir.resolve(), tok_dir)
+
+
+def load_init_weights(cfg: TrainConfig, init: InitSource, device: torch.device) -> torch.nn.Module:
+    """The run's model holding ``init``'s weights, as fp32 master weights on ``device``."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from aquila.model.io import WEIGHTS_FILE, load_state_into
+
+    weights = init.model_dir / WEIGHTS_FILE
+    try:
+        state = load_file(str(weights), device=str(device))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise UserError(f"train.init_from: cannot read {weights}: {exc}") from None
+    # Training keeps fp32 parameters (autocast does the bf16 math) whatever the dir stores.
+    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+    model = cfg.model.build(device="meta")
+    load_state_into(model, state, f"train.init_from {weights}")
+    return model.train()
+
+
+def _check_init_tokenizer(init: InitSource, tokenizer: Tokenizer, cfg: TrainConfig) -> None:
+    if init.tokenizer_dir is not None:
+        theirs = Tokenizer.load(init.tokenizer_dir)
+        if theirs.hash != tokenizer.hash:
+            raise UserError(
+                f"train.init_from: the run's tokenizer ({cfg.tokenizer}) is not the one of "
+                f"{init.model_dir} ({init.tokenizer_dir}); leave `tokenizer` unset to use the "
+                "model's own"
+            )
+    if tokenizer.vocab_size > cfg.model.vocab_size:
+        raise UserError(
+            f"train.init_from: {init.model_dir} has vocab_size {cfg.model.vocab_size}, smaller "
+            f"than the tokenizer's {tokenizer.vocab_size} ({cfg.tokenizer})"
+        )
+
+
 def _prepare_tokenizer(cfg: TrainConfig, run_dir: Path) -> Tokenizer:
     run_tok = run_dir / "tokenizer"
     if (run_tok / "tokenizer.json").is_file():
@@ -127,6 +223,7 @@ def prepare_run(
 
         dist = init_distributed()  # torchrun's RANK/WORLD_SIZE, or one process
     resumed_from = None
+    init: InitSource | None = None
     if resume:
         run_dir = Path(resume)
         if not (run_dir / CONFIG_FILE).is_file():
@@ -145,6 +242,10 @@ def prepare_run(
                 f"run directory {run_dir} already has checkpoints: continue it with "
                 f"`aquila train --resume {run_dir}` or choose another run_dir"
             )
+        if cfg.train.init_from:
+            init = resolve_init_from(cfg)
+            # The saved config names the exact weights (a run dir resolves to one step dir).
+            cfg.train.init_from = str(init.model_dir)
     cfg.run_dir = str(run_dir)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
@@ -154,6 +255,8 @@ def prepare_run(
 
         barrier()  # rank 0 writes the run's tokenizer and any cached shards first
     tokenizer = _prepare_tokenizer(cfg, run_dir)
+    if init is not None:
+        _check_init_tokenizer(init, tokenizer, cfg)
     if cfg.model.vocab_size < tokenizer.vocab_size:
         raise UserError(
             f"model.vocab_size {cfg.model.vocab_size} is smaller than the tokenizer's "
@@ -182,7 +285,10 @@ def prepare_run(
         cfg.save(run_dir / CONFIG_FILE)
     device = pick_device(cfg.train.device)
     torch.manual_seed(cfg.train.seed)
-    model = cfg.model.build(device=device)
+    if init is not None:
+        model = load_init_weights(cfg, init, device)
+    else:
+        model = cfg.model.build(device=device)
     if dist.world > 1:
         from aquila.engine.distributed import ParallelPlan, parallelize
 
@@ -208,9 +314,22 @@ def prepare_run(
     cbs.extend(callbacks or [])
     trainer = Trainer(cfg, model, data, run_dir, cbs, device=device, dist=dist)
     trainer.register_state("data", data)
+    extra: dict[str, Any] = {}
     if resumed_from is not None:
         trainer.resume_from(resumed_from)
-    return PreparedRun(cfg, run_dir, tokenizer, data, trainer, resumed_from)
+    elif init is not None:
+        extra["init_from"] = str(init.model_dir)
+        if dist.rank == 0:
+            from aquila.engine.rundb import RunDB
+
+            RunDB(run_dir).add_event(
+                0,
+                "init-from",
+                f"weights from {init.model_dir}",
+                model_dir=str(init.model_dir),
+                tokenizer=str(init.tokenizer_dir or cfg.tokenizer),
+            )
+    return PreparedRun(cfg, run_dir, tokenizer, data, trainer, resumed_from, extra)
 
 
 def _is_mixer(cb: Callback) -> bool:
