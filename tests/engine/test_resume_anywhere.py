@@ -81,6 +81,9 @@ DRIVER = textwrap.dedent(
             callbacks=[Recorder(log)], quiet=True,
         )
         print(run.trainer.fit(), run.trainer.state.step)
+        from aquila.engine.distributed import shutdown_distributed
+
+        shutdown_distributed()
     """
 )
 

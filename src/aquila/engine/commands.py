@@ -117,6 +117,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from aquila.engine.distributed import shutdown_distributed
+
+    code = _train_run(args)
+    # Only after a normal end: a rank that raised must not wait in a barrier for the others.
+    shutdown_distributed()
+    return code
+
+
+def _train_run(args: argparse.Namespace) -> int:
     from aquila.engine.config import load_config
     from aquila.engine.run import prepare_run, print_line
 

@@ -69,6 +69,19 @@ def init_distributed() -> DistInfo:
     return DistInfo(rank=dist.get_rank(), world=dist.get_world_size())
 
 
+def shutdown_distributed() -> None:
+    """End the process group, if any, once every rank is done.
+
+    A rank that exits with the group still alive can abort in the communication threads'
+    teardown ("terminate called without an active exception") and fail a finished job.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def is_fsdp(model: nn.Module) -> bool:
     from torch.distributed.fsdp import FSDPModule
 
