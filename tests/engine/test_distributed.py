@@ -68,6 +68,40 @@ def test_two_processes_match_one_process(make_config, tmp_path):
         assert w2[k].allclose(w1[k], rtol=1e-4, atol=1e-6), k
 
 
+@pytest.mark.distributed
+@pytest.mark.parametrize("sync_each", [False, True])
+def test_accumulation_under_fsdp_matches_one_process(make_config, tmp_path, sync_each):
+    """Micro-batches of 1: gradients reduce-scattered once per step (or after each micro-batch)
+    give the same training as one process accumulating the whole batch."""
+    h = _helpers()
+    driver_path, drv = h.load_driver(tmp_path)
+    from aquila.engine.run import prepare_run
+
+    a = tmp_path / "a"
+    cfg = make_config(
+        "train.max_steps=1",
+        "train.checkpoint_every=1",
+        "train.micro_batch_size=1",
+        f"train.fsdp_sync_each_micro_batch={str(sync_each).lower()}",
+        run_dir=a,
+    )
+    prepare_run(cfg, quiet=True).trainer.fit()
+    b = tmp_path / "b"
+    shutil.copytree(a, b)
+    one = prepare_run(
+        resume=a,
+        overrides=["train.max_steps=4"],
+        quiet=True,
+        callbacks=[drv.Recorder(tmp_path / "one.jsonl")],
+    )
+    one.trainer.fit()
+    h.torchrun(2, str(driver_path), str(b), str(tmp_path / "two.jsonl"), "4")
+    l1, l2 = _losses(tmp_path / "one.loss"), _losses(tmp_path / "two.loss")
+    assert sorted(l1) == sorted(l2) == [2, 3, 4]
+    for step in l1:
+        assert l2[step] == pytest.approx(l1[step], rel=1e-5, abs=1e-6), (l1, l2)
+
+
 def test_memory_plan_70b_fits_on_256_gpus():
     from aquila.engine.distributed import memory_plan, meta_shard_check
     from aquila.model.config import get_preset

@@ -82,6 +82,9 @@ class TrainSection:
     keep_every: int = 0
     # Worker threads for the CPU math (0: torch's default).
     threads: int = 0
+    # Under FSDP with gradient accumulation: reduce-scatter gradients after every micro-batch
+    # (sharded gradient memory) instead of once after the last (less communication).
+    fsdp_sync_each_micro_batch: bool = False
     # Start a new run from these weights: a model dir, or a run dir (its latest checkpoint), e.g.
     # one written by `aquila grow` / `aquila upcycle`. The model section and the tokenizer come
     # from it; optimizer and schedule start fresh at step 0. A resume ignores it.

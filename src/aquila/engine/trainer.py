@@ -174,8 +174,12 @@ class Trainer:
         norm = float(global_batch * seq_len)
         data_wait = 0.0
         batch_sources, batch_indices = [], []
+        sync_last_only = self._fsdp_accumulation(micro < local)
         for start in range(0, local, micro):
             n = min(micro, local - start)
+            if sync_last_only:
+                # Accumulate unsharded gradients locally; one reduce-scatter after the last.
+                self.model.set_requires_gradient_sync(start + n >= local)
             t0 = time.perf_counter()
             batch = self.data.read(np.arange(base + start, base + start + n, dtype=np.int64))
             inputs = batch.inputs.to(self.device, non_blocking=True)
@@ -241,6 +245,16 @@ class Trainer:
         from aquila.model.moe import moe_aux_loss
 
         return moe_aux_loss(self.model)
+
+    def _fsdp_accumulation(self, accumulating: bool) -> bool:
+        """Whether this step's micro-batches skip FSDP's gradient reduce-scatter until the last
+        (``train.fsdp_sync_each_micro_batch = false``, the default: less communication, at the
+        memory of one unsharded gradient per rank)."""
+        if not accumulating or self.dist.world <= 1 or self.cfg.train.fsdp_sync_each_micro_batch:
+            return False
+        from aquila.engine.distributed import is_fsdp
+
+        return is_fsdp(self.model)
 
     def _reduce_grads_and_stats(self, *stats: torch.Tensor) -> None:
         """Sum the loss statistics over ranks; FSDP has reduced the gradients in backward,
