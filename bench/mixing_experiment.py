@@ -28,10 +28,13 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from aquila.engine.callbacks import Callback
+
+# The shared helpers next to this script (also when it is loaded by path, as the tests do).
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from heldout import first_crossing, heldout_sequences  # noqa: E402
 
 STATIC = ("natural", "uniform")
 ONLINE = ("odm", "ado", "doremi")
@@ -63,27 +66,6 @@ class HeldoutEval(Callback):
     def on_step(self, trainer, metrics) -> None:
         if trainer.state.step % self.every == 0:
             self._eval(trainer)
-
-
-def heldout_sequences(tok, seq_len: int, per_source: int) -> dict[str, torch.Tensor]:
-    """Equal numbers of (seq_len + 1)-token windows per source from the held-out split."""
-    from aquila.data.samples import load_sample_corpus
-
-    out = {}
-    for source in load_sample_corpus("heldout"):
-        if source.name not in SOURCES:
-            continue
-        ids: list[int] = []
-        for doc in source.documents:
-            ids.extend(tok.encode(doc))
-            ids.append(tok.eos_id)
-        arr = np.asarray(ids, dtype=np.int64)
-        n = len(arr) // (seq_len + 1)
-        # Evenly spaced windows: the whole held-out text is represented, not its first pages.
-        pick = np.linspace(0, n - 1, min(per_source, n)).astype(np.int64)
-        chunks = arr[: n * (seq_len + 1)].reshape(n, seq_len + 1)[pick]
-        out[source.name] = torch.from_numpy(chunks)
-    return out
 
 
 def run_one(kind: str, seed: int, args, env: dict, reference: dict | None) -> dict:
@@ -160,19 +142,6 @@ def run_one(kind: str, seed: int, args, env: dict, reference: dict | None) -> di
 POLICY_PARAMS: dict[str, dict] = {"ado": {"count": "total"}, "odm": {}, "doremi": {}}
 
 
-def steps_to(curve: list[dict], target: float) -> float | None:
-    """First step where the average held-out loss reaches ``target`` (linear in between)."""
-    prev = None
-    for point in curve:
-        if point["avg"] <= target:
-            if prev is None:
-                return float(point["step"])
-            frac = (prev["avg"] - target) / max(prev["avg"] - point["avg"], 1e-12)
-            return prev["step"] + frac * (point["step"] - prev["step"])
-        prev = point
-    return None
-
-
 def summarise(results: dict, seeds: list[int], kinds: list[str]) -> dict:
     table: dict[str, dict] = {}
     for kind in kinds:
@@ -182,8 +151,8 @@ def summarise(results: dict, seeds: list[int], kinds: list[str]) -> dict:
             static = [k for k in kinds if k not in ONLINE]
             best = min(static, key=lambda k: runs[k]["curve"][-1]["avg"])
             target = runs[best]["curve"][-1]["avg"]
-            best_steps = steps_to(runs[best]["curve"], target)
-            s = steps_to(runs[kind]["curve"], target)
+            best_steps = first_crossing(runs[best]["curve"], target, "step", "avg")
+            s = first_crossing(runs[kind]["curve"], target, "step", "avg")
             finals.append(runs[kind]["curve"][-1])
             reached.append(s)
             savings.append(None if s is None else 1.0 - s / best_steps)

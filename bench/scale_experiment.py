@@ -45,6 +45,10 @@ import torch
 
 from aquila.engine.callbacks import Callback
 
+# The shared helpers next to this script (also when it is loaded by path, as the tests do).
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from heldout import first_crossing, heldout_sequences  # noqa: E402
+
 METHODS = ("fpi", "aki", "aki-pro")
 # The from-scratch L's best peak LR of 1.5e-3, 3e-3, 6e-3, 1e-2 and 2e-2 (held-out 5.01, 4.93,
 # 4.88, 4.78, 5.10 after 200 steps, default shapes): the baseline gets its own best LR.
@@ -82,23 +86,6 @@ class HeldoutEval(Callback):
         step = trainer.state.step
         if step % self.every == 0 or step == trainer.cfg.train.max_steps:
             self._eval(trainer)
-
-
-def heldout_sequences(tok, seq_len: int, per_source: int) -> dict[str, torch.Tensor]:
-    """Equally many evenly spaced (seq_len + 1)-token windows from each held-out source."""
-    from aquila.data.samples import load_sample_corpus
-
-    out = {}
-    for source in load_sample_corpus("heldout"):
-        ids: list[int] = []
-        for doc in source.documents:
-            ids.extend(tok.encode(doc))
-            ids.append(tok.eos_id)
-        arr = np.asarray(ids, dtype=np.int64)
-        n = len(arr) // (seq_len + 1)
-        pick = np.linspace(0, n - 1, min(per_source, n)).astype(np.int64)
-        out[source.name] = torch.from_numpy(arr[: n * (seq_len + 1)].reshape(n, seq_len + 1)[pick])
-    return out
 
 
 def ffn_for(hidden: int) -> int:
@@ -200,19 +187,6 @@ class Env:
             "curve": ev.curve,
             "seconds": round(seconds, 1),
         }
-
-
-def tokens_to(curve: list[dict], target: float) -> float | None:
-    """First token count where the held-out loss reaches ``target`` (linear in between)."""
-    prev = None
-    for p in curve:
-        if p["loss"] <= target:
-            if prev is None:
-                return float(p["tokens"])
-            frac = (prev["loss"] - target) / max(prev["loss"] - p["loss"], 1e-12)
-            return prev["tokens"] + frac * (p["tokens"] - prev["tokens"])
-        prev = p
-    return None
 
 
 def loss_at_flops(curve: list[dict], fpt: int, offset: float, flops: float) -> float | None:
@@ -323,11 +297,11 @@ def summarise(runs: dict, args, best: str, f_s: int, f_l: int, f_moe: dict[int, 
         r["flops_offset"] = s_flops + l_flops if phase2 else offsets[name]
     scratch = runs["scratch"]
     target = scratch["curve"][-1]["loss"]
-    scratch_tokens = tokens_to(scratch["curve"], target)
+    scratch_tokens = first_crossing(scratch["curve"], target, "tokens", "loss")
     s_equiv = s_tokens * f_s / f_l
     scale_up = {}
     for m in args.methods:
-        t = tokens_to(runs[m]["curve"], target)
+        t = first_crossing(runs[m]["curve"], target, "tokens", "loss")
         scale_up[m] = {
             "start_loss": runs[m]["curve"][0]["loss"],
             "final_loss": runs[m]["curve"][-1]["loss"],
