@@ -50,3 +50,27 @@ def tiny_tokenizer(english_text: str, chinese_text: str):
 @pytest.fixture(scope="session")
 def tiny_tokenizer_dir(tiny_tokenizer, tmp_path_factory) -> Path:
     return tiny_tokenizer.save(tmp_path_factory.mktemp("tokenizer"))
+
+
+@pytest.fixture(scope="session")
+def make_shards(tmp_path_factory, tiny_tokenizer):
+    """Token shards of real text, one source per ``(name, lang, text)``, in 2,000-character
+    documents, in a fresh directory."""
+    import json
+
+    from aquila.data.shards import tokenize_source
+
+    def make(parts) -> Path:
+        root = tmp_path_factory.mktemp("shards")
+        raw = tmp_path_factory.mktemp("raw")
+        for name, lang, text in parts:
+            path = raw / f"{name}.jsonl"
+            with path.open("w", encoding="utf-8") as f:
+                for i in range(0, len(text), 2000):
+                    f.write(json.dumps({"text": text[i : i + 2000]}, ensure_ascii=False) + "\n")
+            tokenize_source(
+                name, [path], tiny_tokenizer, root, lang=lang, kind="book", show_progress=False
+            )
+        return root
+
+    return make

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -11,20 +10,8 @@ from aquila.engine.config import load_config
 
 
 @pytest.fixture(scope="session")
-def shard_dir(tmp_path_factory, tiny_tokenizer, english_text, chinese_text) -> Path:
-    from aquila.data.shards import tokenize_source
-
-    root = tmp_path_factory.mktemp("shards")
-    raw = tmp_path_factory.mktemp("raw")
-    for name, lang, text in (("kjv", "en", english_text), ("news", "zh", chinese_text)):
-        path = raw / f"{name}.jsonl"
-        with path.open("w", encoding="utf-8") as f:
-            for i in range(0, len(text), 2000):
-                f.write(json.dumps({"text": text[i : i + 2000]}, ensure_ascii=False) + "\n")
-        tokenize_source(
-            name, [path], tiny_tokenizer, root, lang=lang, kind="book", show_progress=False
-        )
-    return root
+def shard_dir(make_shards, english_text, chinese_text) -> Path:
+    return make_shards((("kjv", "en", english_text), ("news", "zh", chinese_text)))
 
 
 @pytest.fixture()

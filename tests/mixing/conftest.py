@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -11,26 +10,15 @@ from aquila.engine.config import load_config
 
 
 @pytest.fixture(scope="session")
-def mix_shards(tmp_path_factory, tiny_tokenizer, english_text, chinese_text) -> Path:
-    from aquila.data.shards import tokenize_source
-
-    root = tmp_path_factory.mktemp("mix-shards")
-    raw = tmp_path_factory.mktemp("mix-raw")
+def mix_shards(make_shards, english_text, chinese_text) -> Path:
     half = len(english_text) // 2
-    parts = (
-        ("kjv", "en", english_text[:half]),
-        ("kjv_late", "en", english_text[half:]),
-        ("news", "zh", chinese_text),
-    )
-    for name, lang, text in parts:
-        path = raw / f"{name}.jsonl"
-        with path.open("w", encoding="utf-8") as f:
-            for i in range(0, len(text), 2000):
-                f.write(json.dumps({"text": text[i : i + 2000]}, ensure_ascii=False) + "\n")
-        tokenize_source(
-            name, [path], tiny_tokenizer, root, lang=lang, kind="book", show_progress=False
+    return make_shards(
+        (
+            ("kjv", "en", english_text[:half]),
+            ("kjv_late", "en", english_text[half:]),
+            ("news", "zh", chinese_text),
         )
-    return root
+    )
 
 
 @pytest.fixture()
