@@ -101,7 +101,11 @@ def save_sharded(trainer: Trainer) -> Path | None:
     _barrier()
     error: Exception | None = None
     try:
-        msd, osd = get_state_dict(trainer.model, trainer.optimizer)
+        # The optimizer state flattened: hyperparameters per parameter name, not per group, so
+        # it loads into another layout's grouping (TP splits the groups by device mesh).
+        msd, osd = get_state_dict(
+            trainer.model, trainer.optimizer, options=_options(flatten_optimizer_state_dict=True)
+        )
         dcp.save({"model": msd, "optim": osd}, checkpoint_id=str(tmp / DCP_DIR))
     except Exception as exc:  # DCP raises on every rank when one fails
         error = exc
@@ -152,13 +156,16 @@ def load_sharded(trainer: Trainer, path: Path) -> dict[str, Any]:
         raise UserError(f"cannot read {path / STATE_FILE}: {exc}") from None
     model, optim = trainer.model, trainer.optimizer
     if is_sharded(path):
-        msd, osd = get_state_dict(model, optim)
+        opts = _options(flatten_optimizer_state_dict=_flat_optimizer(path))
+        msd, osd = get_state_dict(model, optim, options=opts)
         sd = {"model": msd, "optim": osd}
         with warnings.catch_warnings():
             # Loading without a process group is the intended single-process resume.
             warnings.filterwarnings("ignore", message="torch.distributed is disabled")
             dcp.load(sd, checkpoint_id=str(path / DCP_DIR))
-        set_state_dict(model, optim, model_state_dict=sd["model"], optim_state_dict=sd["optim"])
+        set_state_dict(
+            model, optim, model_state_dict=sd["model"], optim_state_dict=sd["optim"], options=opts
+        )
     else:
         from safetensors.torch import load_file
 
@@ -173,12 +180,32 @@ def load_sharded(trainer: Trainer, path: Path) -> dict[str, Any]:
 
 
 def _native_to_fqn(native: dict[str, Any], model, optim) -> dict[str, Any]:
-    """torch's optimizer state (params by position) -> keyed by parameter name, full tensors."""
-    names = {id(p): n for n, p in model.named_parameters()}
-    order = [names[id(p)] for g in optim.param_groups for p in g["params"]]
+    """A one-process optimizer state (params by position) -> keyed by parameter name, full
+    tensors, in this optimizer's grouping. The positions follow the one-process grouping; this
+    run's may differ (tensor parallelism splits the groups by device mesh)."""
+    from aquila.engine.optim import single_process_order
+
+    order = single_process_order(model)
     state = {order[int(i)]: s for i, s in native["state"].items()}
-    groups = [{**g, "params": [order[int(i)] for i in g["params"]]} for g in native["param_groups"]]
+    saved_group = {order[int(i)]: g for g in native["param_groups"] for i in g["params"]}
+    names = {id(p): n for n, p in model.named_parameters()}
+    groups = []
+    for k, group in enumerate(optim.param_groups):
+        fqns = [names[id(p)] for p in group["params"]]
+        source = saved_group[fqns[0]] if fqns else native["param_groups"][k]
+        groups.append({**{a: b for a, b in source.items() if a != "params"}, "params": fqns})
     return {"state": state, "param_groups": groups}
+
+
+def _flat_optimizer(path: Path) -> bool:
+    """Whether a sharded checkpoint keeps the optimizer state flattened (by parameter name);
+    checkpoints written before that keep one entry per parameter group."""
+    import re
+
+    from torch.distributed.checkpoint import FileSystemReader
+
+    keys = FileSystemReader(str(path / DCP_DIR)).read_metadata().state_dict_metadata
+    return not any(re.match(r"optim\.param_groups\.\d+\.", k) for k in keys)
 
 
 def _check_shape(saved: dict[str, Any], want: dict[str, Any], path: Path) -> None:

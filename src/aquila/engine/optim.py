@@ -11,17 +11,38 @@ from torch import nn
 from aquila.engine.config import OptimConfig
 
 
+def _mesh_key(p: torch.Tensor) -> int | None:
+    return id(p.device_mesh) if hasattr(p, "device_mesh") else None
+
+
+def is_decayed(p: torch.Tensor) -> bool:
+    # Norm gains (vectors) are not decayed: shrinking them only fights the normalisation.
+    return p.ndim >= 2
+
+
+def single_process_order(model: nn.Module) -> list[str]:
+    """Parameter names in the order of a one-process optimizer's state (decayed, then not):
+    how the positions in a one-process checkpoint's optimizer state map to names."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    return [n for n, p in named if is_decayed(p)] + [n for n, p in named if not is_decayed(p)]
+
+
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            # Norm gains (vectors) are not decayed: shrinking them only fights the normalisation.
-            (decay if p.ndim >= 2 else no_decay).append(p)
+    params = [p for p in model.parameters() if p.requires_grad]
+    buckets: dict[tuple[bool, int | None], list[torch.Tensor]] = {}
+    for p in params:
+        buckets.setdefault((is_decayed(p), _mesh_key(p)), []).append(p)
+    # One group per device mesh as well: the fused step takes a group's tensors in one call,
+    # which cannot mix plain tensors and DTensors, or DTensors of different meshes (TP blocks
+    # next to an FSDP-only or plain embedding). Without DTensors: the two groups, as always.
+    meshes = list(dict.fromkeys(_mesh_key(p) for p in params)) or [None]
     groups = [
-        {"params": decay, "weight_decay": cfg.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
+        {"params": buckets.get((decayed, mesh), []), "weight_decay": wd}
+        for decayed, wd in ((True, cfg.weight_decay), (False, 0.0))
+        for mesh in meshes
+        if len(meshes) == 1 or (decayed, mesh) in buckets
     ]
-    devices = {p.device.type for p in decay + no_decay}
+    devices = {p.device.type for p in params}
     return torch.optim.AdamW(
         groups,
         lr=cfg.lr,
