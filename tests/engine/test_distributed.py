@@ -102,6 +102,107 @@ def test_accumulation_under_fsdp_matches_one_process(make_config, tmp_path, sync
         assert l2[step] == pytest.approx(l1[step], rel=1e-5, abs=1e-6), (l1, l2)
 
 
+@pytest.mark.distributed
+@pytest.mark.parametrize(
+    ("nproc", "tp", "replicate"),
+    [(2, 2, 1), (4, 2, 1), (4, 1, 2)],
+    ids=["tp2", "fsdp2xtp2", "hsdp2x2"],
+)
+def test_parallel_layouts_match_one_process(make_config, tmp_path, nproc, tp, replicate):
+    """Tensor parallel alone, FSDP2 x TP on a 2-D mesh and HSDP (replicate x shard) train like
+    one process; the run then resumes on one process from the layout's sharded checkpoint."""
+    h = _helpers()
+    driver_path, drv = h.load_driver(tmp_path)
+    from aquila.engine.run import prepare_run
+
+    a = tmp_path / "a"
+    cfg = make_config("train.max_steps=2", "train.checkpoint_every=2", run_dir=a)
+    prepare_run(cfg, quiet=True).trainer.fit()
+    b = tmp_path / "b"
+    shutil.copytree(a, b)
+    one = prepare_run(
+        resume=a,
+        overrides=["train.max_steps=6"],
+        quiet=True,
+        callbacks=[drv.Recorder(tmp_path / "one.jsonl")],
+    )
+    one.trainer.fit()
+    layout = [f"train.tp={tp}", f"train.replicate={replicate}"]
+    h.torchrun(nproc, str(driver_path), str(b), str(tmp_path / "n.jsonl"), "4", *layout)
+    l1, ln = _losses(tmp_path / "one.loss"), _losses(tmp_path / "n.loss")
+    assert sorted(ln) == [3, 4]
+    for step in ln:
+        assert ln[step] == pytest.approx(l1[step], rel=1e-5, abs=1e-6), (l1, ln)
+    rows = h.read_log(tmp_path / "n.jsonl")
+    dp = nproc // tp
+    for step in (3, 4):  # the tp ranks of a group read the same share of the global batch
+        first = (step - 1) * 4
+        for rank in range(nproc):
+            share = 4 // dp
+            start = first + rank // tp * share
+            assert rows[step][rank]["g"] == list(range(start, start + share)), (step, rank)
+    last = dict(list_checkpoints(b))[4]
+    assert is_sharded(last)
+    # The layout's checkpoint resumes on one process and continues the same run.
+    two = prepare_run(
+        resume=b,
+        overrides=["train.max_steps=6"],
+        quiet=True,
+        callbacks=[drv.Recorder(tmp_path / "res.jsonl")],
+    )
+    two.trainer.fit()
+    l2 = _losses(tmp_path / "res.loss")
+    assert sorted(l2) == [5, 6]
+    for step in l2:
+        assert l2[step] == pytest.approx(l1[step], rel=1e-5, abs=1e-6), (l1, l2)
+    assert l1[6] < l1[3]
+
+
+def test_layout_must_divide_the_world(make_config, tmp_path):
+    from aquila.engine.run import parallel_plan
+    from aquila.engine.trainer import DistInfo
+    from aquila.errors import UserError
+
+    cfg = make_config("train.tp=2", "train.replicate=2")
+    with pytest.raises(UserError, match="train.tp 2 x train.replicate 2 does not divide the 6"):
+        parallel_plan(cfg, DistInfo(rank=0, world=6))
+    dist = DistInfo(rank=5, world=8)
+    plan = parallel_plan(cfg, dist)
+    assert (plan.tp, plan.replicate, plan.shard) == (2, 2, 2)
+    assert (dist.dp_world, dist.dp_rank) == (4, 2)
+    # One process ignores the layout: a run saved with one resumes anywhere.
+    single = DistInfo()
+    assert parallel_plan(cfg, single).world == 1 and single.tp == 1
+    with pytest.raises(UserError, match="must be >= 1"):
+        parallel_plan(make_config("train.tp=0"), DistInfo(rank=0, world=2))
+
+
+@pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
+def test_sharded_checkpoint_with_optimizer_state_per_group_still_loads(make_config, tmp_path):
+    """Sharded checkpoints written before the optimizer state was keyed by parameter name (one
+    entry per parameter group) resume as before."""
+    import torch
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    from aquila.engine.dcp import DCP_DIR, _flat_optimizer
+    from aquila.engine.run import prepare_run
+
+    cfg = make_config("train.max_steps=2", "train.checkpoint_every=2", run_dir=tmp_path / "r")
+    run = prepare_run(cfg, quiet=True)
+    run.trainer.fit()
+    ckpt = dict(list_checkpoints(tmp_path / "r"))[2]
+    msd, osd = get_state_dict(run.trainer.model, run.trainer.optimizer)
+    dcp.save({"model": msd, "optim": osd}, checkpoint_id=str(ckpt / DCP_DIR))
+    assert is_sharded(ckpt) and not _flat_optimizer(ckpt)
+    again = prepare_run(resume=tmp_path / "r", quiet=True)
+    names = dict(run.trainer.model.named_parameters())
+    for name, p in again.trainer.model.named_parameters():
+        before, after = run.trainer.optimizer.state[names[name]], again.trainer.optimizer.state[p]
+        assert torch.equal(before["exp_avg_sq"], after["exp_avg_sq"]), name
+        assert float(after["step"]) == 2.0
+
+
 def test_memory_plan_70b_fits_on_256_gpus():
     from aquila.engine.distributed import memory_plan, meta_shard_check
     from aquila.model.config import get_preset

@@ -75,9 +75,10 @@ DRIVER = textwrap.dedent(
 
 
     if __name__ == "__main__":
-        run_dir, log, max_steps = sys.argv[1], sys.argv[2], sys.argv[3]
+        # Any further arguments are config overrides (a layout: train.tp=2).
+        run_dir, log, max_steps, *extra = sys.argv[1:]
         run = prepare_run(
-            resume=run_dir, overrides=[f"train.max_steps={max_steps}"],
+            resume=run_dir, overrides=[f"train.max_steps={max_steps}", *extra],
             callbacks=[Recorder(log)], quiet=True,
         )
         print(run.trainer.fit(), run.trainer.state.step)

@@ -85,6 +85,12 @@ class TrainSection:
     # Under FSDP with gradient accumulation: reduce-scatter gradients after every micro-batch
     # (sharded gradient memory) instead of once after the last (less communication).
     fsdp_sync_each_micro_batch: bool = False
+    # Layout of a multi-process run: world = replicate x shard x tp. ``tp`` ranks split every
+    # block's matmuls (tensor parallel, same batch); ``replicate`` > 1 shards parameters within
+    # groups of world / (replicate x tp) ranks and replicates them across groups (HSDP). The
+    # remaining factor is FSDP2 sharding. A resume may change both: checkpoints reshard.
+    tp: int = 1
+    replicate: int = 1
     # Start a new run from these weights: a model dir, or a run dir (its latest checkpoint), e.g.
     # one written by `aquila grow` / `aquila upcycle`. The model section and the tokenizer come
     # from it; optimizer and schedule start fresh at step 0. A resume ignores it.

@@ -163,7 +163,10 @@ def apply_fsdp(model: nn.Module, dp_mesh, device_type: str, reshard_root: bool =
 
 
 def parallelize(model: nn.Module, plan: ParallelPlan, device: torch.device) -> nn.Module:
-    """TP (if ``plan.tp > 1``) then FSDP2 over the data-parallel dims; returns the same module."""
+    """TP (if ``plan.tp > 1``) then FSDP2 over the data-parallel dims; returns the same module.
+
+    Ranks are laid out row-major over (replicate, shard, tp): the ``tp`` ranks of one group are
+    consecutive, so ``rank // tp`` is the data-parallel rank (``DistInfo.dp_rank``)."""
     if plan.world <= 1:
         return model
     mesh = build_mesh(plan, device.type)
@@ -175,6 +178,46 @@ def parallelize(model: nn.Module, plan: ParallelPlan, device: torch.device) -> n
         dp_mesh = mesh[tuple(dp)] if len(dp) > 1 else mesh[dp[0]]
         apply_fsdp(model, dp_mesh, device.type)
     return model
+
+
+def local_tensors(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Each rank's own part: the local shard of a DTensor, a plain tensor itself."""
+    return [t.to_local() if hasattr(t, "to_local") else t for t in tensors]
+
+
+def global_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """The L2 norm over all ranks of tensors that may be plain (the same on every rank) or
+    DTensors on any mesh of the world or a sub-mesh, sharded or replicated. One all-reduce.
+
+    torch's own norm helpers stack the per-tensor norms, which fails when the DTensors live on
+    different meshes (FSDP2 over the data-parallel ranks for the embedding, FSDP2 + TP on a 2-D
+    mesh for the blocks) or mix with plain tensors (TP alone). Here each rank sums the squares of
+    its local elements, each divided by how many ranks hold a copy, and the sums are added.
+    """
+    import torch.distributed as dist
+
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    groups: dict[int, list[torch.Tensor]] = {}
+    for t in tensors:
+        copies = world
+        if hasattr(t, "device_mesh"):
+            mesh = t.device_mesh
+            copies = world // mesh.size()
+            for dim, placement in enumerate(t.placements):
+                if placement.is_partial():
+                    raise ValueError("global_norm: a partial (unreduced) DTensor")
+                if placement.is_replicate():
+                    copies *= mesh.size(dim)
+            t = t.to_local()
+        groups.setdefault(copies, []).append(t.detach())
+    device = tensors[0].device if tensors else torch.device("cpu")
+    total = torch.zeros((), dtype=torch.float32, device=device)
+    for copies, group in groups.items():
+        norms = torch._foreach_norm([g.float() for g in group], 2.0)
+        total += torch.stack(norms).square().sum() / copies
+    if world > 1:
+        dist.all_reduce(total)
+    return total.sqrt()
 
 
 def all_reduce_grads(model: nn.Module) -> None:

@@ -9,7 +9,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -27,6 +27,9 @@ from aquila.engine.device import pick_device
 from aquila.engine.trainer import DistInfo, Trainer
 from aquila.errors import UserError
 from aquila.tokenizer import Tokenizer
+
+if TYPE_CHECKING:
+    from aquila.engine.distributed import ParallelPlan
 
 CONFIG_FILE = "config.toml"
 
@@ -207,6 +210,25 @@ def sample_shards(tokenizer: Tokenizer, show_progress: bool = True) -> Path:
     return out
 
 
+def parallel_plan(cfg: TrainConfig, dist: DistInfo) -> ParallelPlan:
+    """The run's layout from ``train.tp`` / ``train.replicate``; sets ``dist.tp``. One process
+    ignores both, so a run saved with a layout resumes on a single process as it is."""
+    from aquila.engine.distributed import ParallelPlan
+
+    t = cfg.train
+    if t.tp < 1 or t.replicate < 1:
+        raise UserError(f"train.tp ({t.tp}) and train.replicate ({t.replicate}) must be >= 1")
+    if dist.world <= 1:
+        return ParallelPlan(1)
+    if dist.world % (t.tp * t.replicate):
+        raise UserError(
+            f"train.tp {t.tp} x train.replicate {t.replicate} does not divide the {dist.world} "
+            f"processes: --set train.tp=N train.replicate=M with N x M dividing {dist.world}"
+        )
+    dist.tp = t.tp
+    return ParallelPlan(dist.world, t.tp, t.replicate)
+
+
 def prepare_run(
     cfg: TrainConfig | None = None,
     *,
@@ -247,6 +269,7 @@ def prepare_run(
             # The saved config names the exact weights (a run dir resolves to one step dir).
             cfg.train.init_from = str(init.model_dir)
     cfg.run_dir = str(run_dir)
+    plan = parallel_plan(cfg, dist)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -290,9 +313,9 @@ def prepare_run(
     else:
         model = cfg.model.build(device=device)
     if dist.world > 1:
-        from aquila.engine.distributed import ParallelPlan, parallelize
+        from aquila.engine.distributed import parallelize
 
-        parallelize(model, ParallelPlan(dist.world), device)
+        parallelize(model, plan, device)
     cbs: list[Callback] = [MetricsLog(run_dir / "metrics.jsonl"), GracefulInterrupt()]
     if cfg.train.max_seconds:
         cbs.append(TimeLimit(cfg.train.max_seconds))

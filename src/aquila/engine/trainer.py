@@ -38,6 +38,17 @@ class TrainState:
 class DistInfo:
     rank: int = 0
     world: int = 1
+    # Tensor-parallel group size: ranks rank // tp * tp ... + tp - 1 read the same batch.
+    tp: int = 1
+
+    @property
+    def dp_world(self) -> int:
+        """Data-parallel replicas: how many ways each global batch is split."""
+        return self.world // self.tp
+
+    @property
+    def dp_rank(self) -> int:
+        return self.rank // self.tp
 
 
 class Trainer:
@@ -63,9 +74,10 @@ class Trainer:
         self.run_dir = run_dir
         self.callbacks = list(callbacks or [])
         t = cfg.train
-        if t.batch_size % self.dist.world:
+        if t.batch_size % self.dist.dp_world:
             raise ValueError(
-                f"train.batch_size {t.batch_size} must divide by world size {self.dist.world}"
+                f"train.batch_size {t.batch_size} must divide by the data-parallel size "
+                f"{self.dist.dp_world} (world {self.dist.world} / tp {self.dist.tp})"
             )
         self.ramp = BatchRamp(t.batch_size, t.ramp_start, t.ramp_increment, t.ramp_steps)
         self.optimizer = build_optimizer(model, cfg.optim)
@@ -160,12 +172,12 @@ class Trainer:
     def train_step(self) -> dict[str, Any]:
         t = self.cfg.train
         global_batch = self.ramp.size_at(self.state.step)
-        local = global_batch // self.dist.world
+        local = global_batch // self.dist.dp_world
         micro = t.micro_batch_size or local
         seq_len = self.cfg.data.seq_len
         lr = self.schedule(self.state.step)
         set_lr(self.optimizer, lr)
-        base = self.state.samples + self.dist.rank * local
+        base = self.state.samples + self.dist.dp_rank * local
         n_sources = len(self.data.source_names)
         loss_sum = torch.zeros((), device=self.device)
         src_loss = torch.zeros(n_sources, device=self.device)
@@ -200,11 +212,7 @@ class Trainer:
             src_loss.index_add_(0, sources, seq_loss)
             src_count.index_add_(0, sources, torch.ones_like(seq_loss))
         self._reduce_grads_and_stats(loss_sum, src_loss, src_count)
-        grad_norm = torch.nn.utils.clip_grad_norm_(
-            self.model.parameters(), self.cfg.optim.grad_clip
-        )
-        if hasattr(grad_norm, "full_tensor"):  # DTensor grads (FSDP2 / TP): the global norm
-            grad_norm = grad_norm.full_tensor()
+        grad_norm = self._clip_grads()
         info = {
             "loss": loss_sum / norm,
             "grad_norm": grad_norm,
@@ -257,8 +265,8 @@ class Trainer:
         return is_fsdp(self.model)
 
     def _reduce_grads_and_stats(self, *stats: torch.Tensor) -> None:
-        """Sum the loss statistics over ranks; FSDP has reduced the gradients in backward,
-        plain replicas have their gradients summed here."""
+        """Sum the loss statistics over the data-parallel replicas. FSDP has reduced the
+        gradients in backward; tensor-parallel ranks already agree (same batch)."""
         if self.dist.world > 1:
             import torch.distributed as dist
 
@@ -266,8 +274,24 @@ class Trainer:
 
             for s in stats:
                 dist.all_reduce(s)
-            if not is_fsdp(self.model):
+                if self.dist.tp > 1:
+                    s.div_(self.dist.tp)  # every tp rank added the same numbers
+            if self.dist.dp_world > 1 and not is_fsdp(self.model):
                 all_reduce_grads(self.model)
+
+    def _clip_grads(self) -> torch.Tensor:
+        """Clip to ``optim.grad_clip`` by the global gradient norm, which it returns."""
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        if self.dist.world <= 1:
+            return torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.grad_clip)
+        from aquila.engine.distributed import global_norm, local_tensors
+
+        # Sharded, replicated and plain gradients on several meshes (FSDP2 + TP): the norm
+        # counts each element once over all ranks.
+        norm = global_norm([p.grad for p in params])
+        coef = torch.clamp(self.cfg.optim.grad_clip / (norm + 1e-6), max=1.0)
+        torch._foreach_mul_(local_tensors([p.grad for p in params]), coef)
+        return norm
 
     def _compile(self) -> None:
         import torch._dynamo

@@ -38,10 +38,11 @@ def parameter_norm(model: torch.nn.Module) -> float:
     With sharded (DTensor) parameters this is a collective: every rank must call it.
     """
     params = [p.detach() for p in model.parameters()]
-    norm = torch.nn.utils.get_total_norm(params, 2.0)
-    if hasattr(norm, "full_tensor"):
-        norm = norm.full_tensor()
-    return float(norm)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        from aquila.engine.distributed import global_norm
+
+        return float(global_norm(params))
+    return float(torch.nn.utils.get_total_norm(params, 2.0))
 
 
 def mixture_label(trainer: Trainer, plan_cache: dict[str, Any] | None = None) -> str:
