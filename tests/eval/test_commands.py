@@ -35,6 +35,13 @@ def test_eval_json_on_model_dir(eval_model_dir, capsys, tmp_path):
     assert json.loads(out_file.read_text()) == res
 
 
+def test_eval_default_tasks(eval_model_dir, capsys):
+    assert main(["eval", str(eval_model_dir), "--limit", "2", "--json", "--quiet"]) == 0
+    res = _last_json(capsys.readouterr().out)
+    assert set(res) == {"bpb", "en_word_cloze", "zh_word_cloze"}
+    assert res["en_word_cloze"]["n"] == 2 and res["zh_word_cloze"]["chance"] == 0.25
+
+
 def test_eval_run_dir_records_results(eval_model_dir, capsys, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(eval_model_dir, run / "checkpoints" / "step-00000050")

@@ -7,6 +7,8 @@ import json
 import time
 from pathlib import Path
 
+from aquila.eval.commands import DEFAULT_TASKS
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -56,7 +58,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="then evaluate the full-precision and int4 models side by side",
     )
-    p.add_argument("--tasks", default="bpb,en_next_verse,zh_news_cloze", help="tasks for --compare")
+    p.add_argument("--tasks", default=DEFAULT_TASKS, help="tasks for --compare")
     p.add_argument("--limit", type=int, default=None, help="examples per task for --compare")
     p.add_argument("--json", action="store_true", help="print one JSON object on the last line")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
