@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -80,6 +81,20 @@ class Corrupt:
         return batch
 
 
+SPIKE_OPTS = {
+    "eval": {"enabled": False},
+    "spike": {
+        "policy": "rewind",
+        "window": 16,
+        "sigma": 6.0,
+        "min_history": 8,
+        "watch_grad_norm": False,
+    },
+    "plateau": {"enabled": False},
+    "divergence": {"enabled": False},
+}
+
+
 def _spike_run(make_config, policy: str, tmp_path, log_every: int = 1):
     cfg = make_config(
         "train.max_steps=40",
@@ -88,17 +103,7 @@ def _spike_run(make_config, policy: str, tmp_path, log_every: int = 1):
         "train.batch_size=4",
         run_dir=tmp_path / policy,
     )
-    opts = _opts(
-        spike={
-            "policy": policy,
-            "window": 16,
-            "sigma": 6.0,
-            "min_history": 8,
-            "watch_grad_norm": False,
-        },
-        plateau={"enabled": False},
-        divergence={"enabled": False},
-    )
+    opts = _opts(**{**SPIKE_OPTS, "spike": {**SPIKE_OPTS["spike"], "policy": policy}})
     monitor = AnomalyMonitor(opts)
     run = prepare_run(
         cfg, callbacks=[*monitor_callbacks(opts)[:1], monitor], quiet=True, monitor=False
@@ -135,6 +140,69 @@ def test_planted_corrupt_batch_is_caught_and_handled(make_config, tmp_path, poli
     if policy == "lower-lr":
         assert run.trainer.schedule.scale == pytest.approx(0.5)
         assert "lower-lr" in kinds
+
+
+# Under torchrun: the spike run of _spike_run (rewind policy) on two processes.
+REWIND_DRIVER = """
+import importlib.util, json, sys
+from aquila.engine.config import load_config
+from aquila.engine.distributed import shutdown_distributed
+from aquila.engine.run import prepare_run
+from aquila.monitor import MonitorOptions
+from aquila.monitor.policies import AnomalyMonitor
+
+config, tests, out = sys.argv[1:]
+spec = importlib.util.spec_from_file_location("monitor_test_run", tests)
+mod = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(mod)
+opts = MonitorOptions.from_any(mod.SPIKE_OPTS)
+monitor = AnomalyMonitor(opts)
+run = prepare_run(load_config(config), callbacks=[monitor], quiet=True, monitor=False)
+run.trainer.data = mod.Corrupt(run.trainer.data, set(range(29 * 4, 30 * 4)), 512)
+run.trainer.fit()
+if run.trainer.is_main:
+    t = run.trainer
+    result = {"findings": monitor.findings, "history": t.history, "step": t.state.step,
+              "samples": t.state.samples}
+    with open(out, "w") as f:
+        json.dump(result, f, default=str)
+shutdown_distributed()
+"""
+
+
+@pytest.mark.distributed
+def test_rewind_in_a_two_process_run(make_config, tmp_path):
+    """The rewind policy reloads the sharded checkpoint on every rank and skips the batch."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "engine" / "test_resume_anywhere.py"
+    spec = importlib.util.spec_from_file_location("resume_anywhere_helpers", path)
+    helpers = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(helpers)
+    cfg = make_config(
+        "train.max_steps=40",
+        "train.checkpoint_every=10",
+        "train.log_every=5",
+        "train.batch_size=4",
+        run_dir=tmp_path / "run",
+    )
+    cfg.save(tmp_path / "cfg.toml")
+    (tmp_path / "driver.py").write_text(REWIND_DRIVER)
+    out = tmp_path / "out.json"
+    helpers.torchrun(2, str(tmp_path / "driver.py"), str(tmp_path / "cfg.toml"), __file__, str(out))
+    res = json.loads(out.read_text())
+    spikes = [f for f in res["findings"] if f["kind"] == "spike"]
+    assert spikes and spikes[0]["step"] == 30 and spikes[0]["action"] == "rewind", res
+    rewind = next(h for h in res["history"] if h["kind"] == "rewind")
+    assert rewind["to_step"] == 20 and rewind["skip"] == [116, 120]
+    assert res["step"] == 40 and res["samples"] == 40 * 4 + 4
+    # The run continued from the reloaded shards: its last checkpoint trained past the spike.
+    from aquila.engine.checkpoint import list_checkpoints
+    from aquila.model.io import load_model_dir
+
+    last = dict(list_checkpoints(tmp_path / "run"))[40]
+    assert all(torch.isfinite(t).all() for t in load_model_dir(last).state_dict().values())
 
 
 def test_nonfinite_loss_rewinds_without_per_step_sync(make_config, tmp_path):

@@ -392,12 +392,16 @@ class Trainer:
             cb.on_checkpoint(self, path)
         return path
 
-    def resume_from(self, path: Path) -> None:
+    def read_checkpoint(self, path: Path) -> dict[str, Any]:
+        """Load ``path``'s weights (and a sharded checkpoint's optimizer) into this run's model,
+        whatever its layout; returns the training state for ``load_state_dict``. Collective in
+        a multi-process run."""
         from aquila.engine.dcp import is_sharded, load_sharded
 
         if self.dist.world > 1 or is_sharded(path):
             # Reshards model and optimizer for this world size (any source world size).
-            self.load_state_dict(load_sharded(self, path))
-            return
-        state = load_checkpoint(path, self.model)
-        self.load_state_dict(state)
+            return load_sharded(self, path)
+        return load_checkpoint(path, self.model)
+
+    def resume_from(self, path: Path) -> None:
+        self.load_state_dict(self.read_checkpoint(path))

@@ -218,7 +218,7 @@ class AnomalyMonitor(Callback):
         since the checkpoint (mixture segments, LR scale, history) are kept: they name data
         positions, which stay valid.
         """
-        from aquila.engine.checkpoint import list_checkpoints, load_checkpoint
+        from aquila.engine.checkpoint import list_checkpoints
 
         older = [(s, p) for s, p in list_checkpoints(trainer.run_dir) if s < rec.step]
         if not older:
@@ -227,7 +227,8 @@ class AnomalyMonitor(Callback):
         history, scale = list(trainer.history), trainer.schedule.scale
         data_state = trainer.data.state_dict() if hasattr(trainer.data, "state_dict") else None
         ranges = list(self.skips.ranges)
-        trainer.load_state_dict(load_checkpoint(path, trainer.model))
+        # Every rank decides alike (loss and gradient norm are global) and reloads together.
+        trainer.load_state_dict(trainer.read_checkpoint(path))
         trainer.history, trainer.schedule.scale = history, scale
         if data_state is not None:
             trainer.data.load_state_dict(data_state)
