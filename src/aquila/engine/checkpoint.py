@@ -8,6 +8,7 @@ leaves every earlier checkpoint intact and never exposes a half-written one.
 
 from __future__ import annotations
 
+import copy
 import errno
 import os
 import shutil
@@ -17,7 +18,7 @@ from typing import Any
 import torch
 
 from aquila.errors import UserError
-from aquila.model.io import fsync_path, load_model_dir, save_model_dir, step_dirs
+from aquila.model.io import fsync_path, load_model_dir, step_dirs, write_model_files
 
 STATE_FILE = "train_state.pt"
 
@@ -50,15 +51,36 @@ def finalize_checkpoint(tmp: Path, final: Path, state: dict[str, Any]) -> None:
     fsync_path(final.parent)
 
 
+def snapshot(obj: Any) -> Any:
+    """A copy of ``obj`` whose tensors are CPU copies: what a background write may hold while
+    training changes the originals in place."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: snapshot(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(snapshot(v) for v in obj)
+    return copy.deepcopy(obj)
+
+
 def save_checkpoint(
-    run_dir: Path, step: int, model: torch.nn.Module, state: dict[str, Any]
+    run_dir: Path,
+    step: int,
+    model: torch.nn.Module,
+    state: dict[str, Any],
+    tensors: dict[str, torch.Tensor] | None = None,
 ) -> Path:
+    """Write step ``step``'s checkpoint: ``model``'s weights (or ``tensors``, a snapshot of
+    them) and the training state."""
     final = checkpoint_dir(run_dir, step)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.with_name(f".tmp-{final.name}-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        save_model_dir(model, tmp)
+        tmp.mkdir()
+        write_model_files(model, tmp, tensors)
+        for f in tmp.iterdir():
+            fsync_path(f)
         finalize_checkpoint(tmp, final, state)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -16,9 +16,9 @@ DCP. Everything is written under a temporary name and renamed when complete, as 
 from __future__ import annotations
 
 import errno
-import json
 import shutil
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +31,7 @@ from aquila.engine.checkpoint import (
     latest_checkpoint,
 )
 from aquila.errors import UserError
+from aquila.model.io import write_model_files
 
 if TYPE_CHECKING:
     from aquila.engine.trainer import Trainer
@@ -75,62 +76,122 @@ def _barrier() -> None:
     barrier()
 
 
-def _write_model_files(full: dict[str, torch.Tensor], cfg, directory: Path) -> None:
-    from safetensors.torch import save_file
+def _contiguous(full: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu").contiguous() for k, v in full.items()}
 
-    from aquila.model.io import CONFIG_FILE, FORMAT, FORMAT_VERSION, WEIGHTS_FILE
 
-    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": cfg.to_dict()}
-    (directory / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in full.items()}
-    save_file(tensors, str(directory / WEIGHTS_FILE), metadata={"format": "pt"})
+def _begin(trainer: Trainer) -> tuple[Path, Path, dict[str, Any]]:
+    """Collective: the temporary dir (rank 0 makes it), and the state dict DCP writes.
+
+    The optimizer state is flattened: hyperparameters per parameter name, not per group, so it
+    loads into another layout's grouping (TP splits the groups by device mesh)."""
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    final = checkpoint_dir(trainer.run_dir, trainer.state.step)
+    tmp = final.with_name(f".tmp-{final.name}")
+    if _world()[0] == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    _barrier()
+    msd, osd = get_state_dict(
+        trainer.model, trainer.optimizer, options=_options(flatten_optimizer_state_dict=True)
+    )
+    return final, tmp, {"model": msd, "optim": osd}
+
+
+def _full_weights(trainer: Trainer) -> dict[str, torch.Tensor]:
+    """Collective on every rank; rank 0 alone receives the full tensors (others: empty)."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    return get_model_state_dict(
+        trainer.model, options=_options(full_state_dict=True, cpu_offload=True)
+    )
+
+
+def _training_state(trainer: Trainer) -> dict[str, Any]:
+    state = trainer.state_dict()
+    state.pop("optimizer", None)  # in the shards
+    return state
+
+
+def _failed(trainer: Trainer, final: Path, tmp: Path, error: Exception | None) -> Exception:
+    if _world()[0] == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+        return UserError(
+            f"disk full while saving checkpoint {final}; nothing was overwritten, the last "
+            f"good checkpoint is {latest_checkpoint(trainer.run_dir) or 'none'}"
+        )
+    return RuntimeError(f"saving checkpoint {final} failed on a rank: {error}")
 
 
 def save_sharded(trainer: Trainer) -> Path | None:
     """Collective: every rank writes its shards; rank 0 the rest. Returns the path on rank 0."""
     import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_state_dict
 
     rank, _ = _world()
-    run_dir, step = trainer.run_dir, trainer.state.step
-    final = checkpoint_dir(run_dir, step)
-    tmp = final.with_name(f".tmp-{final.name}")
-    if rank == 0:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    _barrier()
+    final, tmp, sd = _begin(trainer)
     error: Exception | None = None
     try:
-        # The optimizer state flattened: hyperparameters per parameter name, not per group, so
-        # it loads into another layout's grouping (TP splits the groups by device mesh).
-        msd, osd = get_state_dict(
-            trainer.model, trainer.optimizer, options=_options(flatten_optimizer_state_dict=True)
-        )
-        dcp.save({"model": msd, "optim": osd}, checkpoint_id=str(tmp / DCP_DIR))
+        dcp.save(sd, checkpoint_id=str(tmp / DCP_DIR))
     except Exception as exc:  # DCP raises on every rank when one fails
         error = exc
-    # Collective on every rank; rank 0 alone receives the full tensors.
-    full = get_model_state_dict(
-        trainer.model, options=_options(full_state_dict=True, cpu_offload=True)
-    )
+    full = _full_weights(trainer)
     if rank == 0 and error is None:
         try:
-            _write_model_files(full, trainer.model.cfg, tmp)
-            state = trainer.state_dict()
-            state.pop("optimizer", None)
-            finalize_checkpoint(tmp, final, state)
+            write_model_files(trainer.model, tmp, _contiguous(full))
+            finalize_checkpoint(tmp, final, _training_state(trainer))
         except Exception as exc:
             error = exc
     if not _all_ok(error is None):
-        if rank == 0:
-            shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
-            raise UserError(
-                f"disk full while saving checkpoint {final}; nothing was overwritten, the last "
-                f"good checkpoint is {latest_checkpoint(run_dir) or 'none'}"
-            ) from None
-        raise RuntimeError(f"saving checkpoint {final} failed on a rank: {error}") from error
+        raise _failed(trainer, final, tmp, error) from error
     return final if rank == 0 else None
+
+
+def _own_copies(full: dict[str, torch.Tensor], model) -> dict[str, torch.Tensor]:
+    """Gathered DTensors are new tensors already; a plain parameter (tensor parallelism leaves
+    the embedding and norms whole) comes back as itself on CPU and is copied."""
+    live = {
+        t.untyped_storage().data_ptr()
+        for t in model.state_dict().values()
+        if not hasattr(t, "device_mesh")
+    }
+    return {k: v.clone() if v.untyped_storage().data_ptr() in live else v for k, v in full.items()}
+
+
+def save_sharded_async(trainer: Trainer, group) -> tuple[Callable[[], Path | None], Callable]:
+    """Collective: stage this rank's shards in host memory and start writing them (DCP's
+    ``async_save`` on ``group``, a gloo group of its own so that its collectives never interleave
+    with training's); rank 0 also copies the full weights and the training state.
+
+    Returns ``finish`` (run it in a thread: waits for the shards, then rank 0 writes the model
+    files and renames the checkpoint into place; returns the path on rank 0) and ``failed``
+    (after a failure agreed on by all ranks: cleans up and gives the error to raise)."""
+    import torch.distributed.checkpoint as dcp
+
+    from aquila.engine.checkpoint import snapshot
+
+    rank, _ = _world()
+    final, tmp, sd = _begin(trainer)
+    # Gathered before the background write starts: never two threads' collectives at once.
+    full = _full_weights(trainer)
+    full = _own_copies(full, trainer.model) if rank == 0 else {}
+    response = dcp.async_save(sd, checkpoint_id=str(tmp / DCP_DIR), process_group=group)
+    upload = getattr(response, "upload_completion", response)
+    state = snapshot(_training_state(trainer)) if rank == 0 else {}
+
+    def finish() -> Path | None:
+        upload.result()
+        if rank != 0:
+            return None
+        write_model_files(trainer.model, tmp, _contiguous(full))
+        finalize_checkpoint(tmp, final, state)
+        return final
+
+    def failed(error: Exception | None) -> Exception:
+        return _failed(trainer, final, tmp, error)
+
+    return finish, failed
 
 
 def load_sharded(trainer: Trainer, path: Path) -> dict[str, Any]:

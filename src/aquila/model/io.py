@@ -117,14 +117,15 @@ def atomic_dir(out: str | Path) -> Iterator[Path]:
 # State dicts
 
 
-def export_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The model's persistent tensors as contiguous, full, CPU tensors (what safetensors needs)."""
+def export_state_dict(model: torch.nn.Module, copy: bool = False) -> dict[str, torch.Tensor]:
+    """The model's persistent tensors as contiguous, full, CPU tensors (what safetensors needs);
+    with ``copy``, never the parameters' own storage (safe to write while training goes on)."""
     model = getattr(model, "_orig_mod", model)  # torch.compile wrapper
     out = {}
     for name, t in model.state_dict().items():
         if hasattr(t, "full_tensor"):  # a sharded DTensor (FSDP2 / tensor parallel)
             t = t.full_tensor()
-        out[name] = t.detach().to("cpu").contiguous()
+        out[name] = t.detach().to("cpu", copy=copy).contiguous()
     return out
 
 
@@ -165,14 +166,19 @@ def restore_rope(model: AquilaModel) -> None:
 # Model dirs
 
 
-def write_model_files(model: AquilaModel, directory: Path) -> None:
-    """Write ``model.json`` and ``model.safetensors`` into an existing directory."""
+def write_model_files(
+    model: AquilaModel, directory: Path, tensors: dict[str, torch.Tensor] | None = None
+) -> None:
+    """Write ``model.json`` and ``model.safetensors`` into an existing directory; the weights
+    are ``tensors`` when given (an earlier ``export_state_dict``), else the model's own."""
     from safetensors.torch import save_file
 
     model = getattr(model, "_orig_mod", model)
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": model.cfg.to_dict()}
     (directory / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-    save_file(export_state_dict(model), str(directory / WEIGHTS_FILE), metadata={"format": "pt"})
+    if tensors is None:
+        tensors = export_state_dict(model)
+    save_file(tensors, str(directory / WEIGHTS_FILE), metadata={"format": "pt"})
 
 
 def save_model_dir(model: AquilaModel, out: str | Path, tokenizer: Tokenizer | None = None) -> Path:
