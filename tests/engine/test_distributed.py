@@ -158,6 +158,54 @@ def test_parallel_layouts_match_one_process(make_config, tmp_path, nproc, tp, re
     assert l1[6] < l1[3]
 
 
+@pytest.mark.distributed
+def test_background_checkpoints_under_fsdp(make_config, tmp_path):
+    """train.async_checkpoint on 2 processes: training goes on while DCP writes the shards; each
+    checkpoint holds its own step's weights, and the run resumes from it on one process."""
+    h = _helpers()
+    driver_path, drv = h.load_driver(tmp_path)
+    from aquila.engine.run import prepare_run
+    from aquila.model.io import load_model_dir
+
+    a = tmp_path / "a"
+    cfg = make_config("train.max_steps=2", "train.checkpoint_every=2", run_dir=a)
+    prepare_run(cfg, quiet=True).trainer.fit()
+    b = tmp_path / "b"
+    shutil.copytree(a, b)
+    one = prepare_run(
+        resume=a,
+        overrides=["train.max_steps=8"],
+        quiet=True,
+        callbacks=[drv.Recorder(tmp_path / "one.jsonl")],
+    )
+    one.trainer.fit()
+    h.torchrun(
+        2, str(driver_path), str(b), str(tmp_path / "n.jsonl"), "6", "train.async_checkpoint=true"
+    )
+    l1, ln = _losses(tmp_path / "one.loss"), _losses(tmp_path / "n.loss")
+    assert sorted(ln) == [3, 4, 5, 6]
+    for step in ln:
+        assert ln[step] == pytest.approx(l1[step], rel=1e-5, abs=1e-6), (l1, ln)
+    ours, theirs = dict(list_checkpoints(b)), dict(list_checkpoints(a))
+    for step in (4, 6):  # step 4 was written while steps 5 and 6 trained
+        assert is_sharded(ours[step])
+        w1 = load_model_dir(theirs[step]).state_dict()
+        w2 = load_model_dir(ours[step]).state_dict()
+        for k in w1:
+            assert w2[k].allclose(w1[k], rtol=1e-4, atol=1e-6), (step, k)
+    assert not list((b / "checkpoints").glob(".tmp*"))
+    again = prepare_run(
+        resume=b,
+        overrides=["train.max_steps=8"],
+        quiet=True,
+        callbacks=[drv.Recorder(tmp_path / "res.jsonl")],
+    )
+    again.trainer.fit()
+    l2 = _losses(tmp_path / "res.loss")
+    for step in (7, 8):
+        assert l2[step] == pytest.approx(l1[step], rel=1e-5, abs=1e-6), (l1, l2)
+
+
 def test_layout_must_divide_the_world(make_config, tmp_path):
     from aquila.engine.run import parallel_plan
     from aquila.engine.trainer import DistInfo

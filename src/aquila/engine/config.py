@@ -91,6 +91,11 @@ class TrainSection:
     # remaining factor is FSDP2 sharding. A resume may change both: checkpoints reshard.
     tp: int = 1
     replicate: int = 1
+    # Write checkpoints in the background: training stops only to copy the state to host memory
+    # (one more copy of weights and optimizer state there), the files are written while it
+    # continues. A checkpoint still appears only once complete; the last one is written in full
+    # before the run ends.
+    async_checkpoint: bool = False
     # Start a new run from these weights: a model dir, or a run dir (its latest checkpoint), e.g.
     # one written by `aquila grow` / `aquila upcycle`. The model section and the tokenizer come
     # from it; optimizer and schedule start fresh at step 0. A resume ignores it.

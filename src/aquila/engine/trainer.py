@@ -5,9 +5,9 @@ from __future__ import annotations
 import contextlib
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -23,6 +23,9 @@ from aquila.engine.config import TrainConfig
 from aquila.engine.device import autocast_dtype, peak_flops, peak_memory_bytes
 from aquila.engine.optim import BatchRamp, LRSchedule, build_optimizer, set_lr
 from aquila.model.transformer import AquilaModel, flops_per_token
+
+if TYPE_CHECKING:
+    from aquila.engine.async_checkpoint import PendingCheckpoint
 
 
 @dataclass
@@ -93,6 +96,11 @@ class Trainer:
         self._skip_reason: str | None = None
         self._extra_state: dict[str, Any] = {}
         self._pending_extra: dict[str, Any] = {}
+        # The training state of the checkpoint ``on_checkpoint`` reports: this step's for a
+        # synchronous save, an earlier one when a background write completes later.
+        self.checkpoint_state = TrainState()
+        self._pending_save: PendingCheckpoint | None = None
+        self._checkpoint_group = None  # gloo group for background DCP writes
         if t.compile:
             self._compile()
         if t.activation_checkpointing:
@@ -151,20 +159,25 @@ class Trainer:
                     window_start, window_tokens = time.perf_counter(), 0
                 for cb in self.callbacks:
                     cb.on_step(self, metrics)
+                self._poll_checkpoint()
                 due = t.checkpoint_every and self.state.step % t.checkpoint_every == 0
                 if due or self._checkpoint_requested:
                     self.save()
             if self._stop_reason and reason == "completed":
                 reason = self._stop_reason
         except BaseException:
+            # A checkpoint being written is completed: it is the one to resume from.
+            with contextlib.suppress(Exception):
+                self.wait_for_checkpoint(collective=False)
             for cb in self.callbacks:
                 with contextlib.suppress(Exception):
                     cb.on_end(self, "error")
             raise
+        self.wait_for_checkpoint()
         if reason == "completed" or self._stop_checkpoint:
             last = latest_checkpoint(self.run_dir)
             if last is None or not last.name.endswith(f"{self.state.step:08d}"):
-                self.save()
+                self.save(wait=True)
         for cb in self.callbacks:
             cb.on_end(self, reason)
         return reason
@@ -375,8 +388,23 @@ class Trainer:
             if key in self._pending_extra:
                 obj.load_state_dict(self._pending_extra.pop(key))
 
-    def save(self) -> Path | None:
+    def save(self, wait: bool = False) -> Path | None:
+        """Checkpoint this step; returns its dir on rank 0. With ``train.async_checkpoint``
+        (unless ``wait``) the files are written in the background and None is returned;
+        ``on_checkpoint`` runs once the checkpoint is complete. Collective in a multi-process
+        run."""
         self._checkpoint_requested = False
+        self.wait_for_checkpoint()
+        if self.cfg.train.async_checkpoint and not wait:
+            from aquila.engine.async_checkpoint import start_async_save
+
+            if self.dist.world > 1 and self._checkpoint_group is None:
+                import torch.distributed as dist
+
+                self._checkpoint_group = dist.new_group(backend="gloo")
+            self._pending_save = start_async_save(self, self._checkpoint_group)
+            return None
+        state = replace(self.state)
         if self.dist.world > 1:
             from aquila.engine.dcp import save_sharded
 
@@ -385,12 +413,50 @@ class Trainer:
             path = save_checkpoint(self.run_dir, self.state.step, self.model, self.state_dict())
         else:
             path = None
+        self._saved(path, state)
+        return path
+
+    def wait_for_checkpoint(self, collective: bool = True) -> None:
+        """Complete the checkpoint being written in the background, if any; raises if it
+        failed (on every rank: they agree first, unless ``collective`` is False)."""
+        pending, self._pending_save = self._pending_save, None
+        if pending is None:
+            return
+        pending.wait()
+        ok = pending.error is None
+        if self.dist.world > 1 and collective:
+            from aquila.engine.dcp import _all_ok
+
+            ok = _all_ok(ok)
+        if not ok:
+            if not collective:
+                return
+            if pending.failed is not None:
+                raise pending.failed(pending.error) from pending.error
+            raise pending.error
+        if not pending.reported and collective:
+            pending.reported = True
+            self._saved(pending.path, pending.state)
+
+    def _poll_checkpoint(self) -> None:
+        """Report a background checkpoint that has completed (no collective: a rank's own
+        write). A failed one raises here in one process, at the next wait in several."""
+        pending = self._pending_save
+        if pending is None or pending.reported or not pending.done():
+            return
+        if pending.error is None:
+            pending.reported = True
+            self._saved(pending.path, pending.state)
+        elif self.dist.world == 1:
+            self.wait_for_checkpoint()
+
+    def _saved(self, path: Path | None, state: TrainState) -> None:
         if path is None:
-            return None
+            return
         prune_checkpoints(self.run_dir, self.cfg.train.keep_last, self.cfg.train.keep_every)
+        self.checkpoint_state = state
         for cb in self.callbacks:
             cb.on_checkpoint(self, path)
-        return path
 
     def read_checkpoint(self, path: Path) -> dict[str, Any]:
         """Load ``path``'s weights (and a sharded checkpoint's optimizer) into this run's model,
@@ -398,6 +464,7 @@ class Trainer:
         a multi-process run."""
         from aquila.engine.dcp import is_sharded, load_sharded
 
+        self.wait_for_checkpoint()
         if self.dist.world > 1 or is_sharded(path):
             # Reshards model and optimizer for this world size (any source world size).
             return load_sharded(self, path)

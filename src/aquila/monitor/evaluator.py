@@ -41,7 +41,7 @@ class EvalTrigger(Callback):
         if (self.count - 1) % max(1, self.opts.every):
             return
         self.run_dir = trainer.run_dir
-        self.waiting = (trainer.state.step, Path(path))
+        self.waiting = (trainer.checkpoint_state.step, Path(path))
         self._poll()
 
     def on_step(self, trainer: Trainer, metrics: dict[str, Any]) -> None:

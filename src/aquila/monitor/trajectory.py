@@ -135,14 +135,16 @@ class TrajectoryCallback(Callback):
         from aquila.monitor import store
         from aquila.monitor.metrics import mixture_label
 
-        step, tokens = trainer.state.step, trainer.state.tokens
+        saved = trainer.checkpoint_state  # a background write completes steps later
+        step, tokens = saved.step, saved.tokens
         if any(s >= step for s in self.seen):
             # A rewind: later curves belong to a path training has left.
             self.seen = {s: v for s, v in self.seen.items() if s < step}
             store.drop_trajectory_after(self.db, step - 1)
         # A distributed checkpoint's consolidated weights are on disk; the in-memory parameters
-        # are shards only rank 0 cannot reduce alone.
-        curves = checkpoint_curves(path) if trainer.dist.world > 1 else model_curves(trainer.model)
+        # are shards only rank 0 cannot reduce alone, or have moved on since a background write.
+        on_disk = trainer.dist.world > 1 or step != trainer.state.step
+        curves = checkpoint_curves(path) if on_disk else model_curves(trainer.model)
         earlier = [s for s, (t, _) in self.seen.items() if t < tokens]
         prev = max(earlier) if earlier else None
         dist = {}
