@@ -52,10 +52,24 @@ def test_dashboard_shows_live_run_and_enqueues_mixture_change(make_config, tmp_p
     run = prepare_run(cfg, callbacks=cbs, quiet=True, monitor=False)
     trainer = run.trainer
     result = {}
-    train = threading.Thread(target=lambda: result.update(reason=trainer.fit()), daemon=True)
+
+    def fit():
+        try:
+            result["reason"] = trainer.fit()
+        except BaseException as exc:
+            result["error"] = repr(exc)
+            raise
+
+    train = threading.Thread(target=fit, daemon=True)
     train.start()
     db = store.open_db(run.run_dir)
-    _wait(lambda: len(store.latest_metrics(db)) >= 3, what="first metrics")
+
+    def first_metrics():
+        assert "error" in result or train.is_alive(), result
+        assert "error" not in result, result["error"]
+        return len(store.latest_metrics(db)) >= 3
+
+    _wait(first_metrics, what="first metrics")
     srv, url, _ = serve(run.run_dir, "127.0.0.1", 0)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     try:

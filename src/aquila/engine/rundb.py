@@ -57,14 +57,33 @@ class RunDB:
     def __init__(self, run_dir: str | Path):
         self.path = Path(run_dir) / DB_FILE
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.connect() as con:
-            con.executescript(SCHEMA)
+        self._create()
+
+    def _create(self, patience: float = 30.0) -> None:
+        """WAL mode (kept by the file) and the tables. Switching the journal mode does not wait
+        for a busy database like other statements do: "database is locked" at once when another
+        connection (the trainer, the dashboard, a tool) opens the new file at the same moment.
+        So it is set once, here, and retried."""
+        deadline = time.monotonic() + patience
+        while True:
+            try:
+                con = sqlite3.connect(self.path, timeout=patience)
+                try:
+                    if con.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                        con.execute("PRAGMA journal_mode=WAL")
+                    con.executescript(SCHEMA)
+                finally:
+                    con.close()
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
 
     @contextmanager
     def connect(self) -> Iterator[sqlite3.Connection]:
         con = sqlite3.connect(self.path, timeout=30)
         try:
-            con.execute("PRAGMA journal_mode=WAL")
             con.execute("PRAGMA synchronous=NORMAL")
             con.row_factory = sqlite3.Row
             with con:
