@@ -55,6 +55,26 @@ def test_acc_pmi_rewards_what_the_context_raised(tiny_tokenizer):
     assert r["acc"] == 0.0 and r["acc_pmi"] == 1.0
 
 
+def test_context_free_examples_are_scored_once(tiny_tokenizer):
+    """Sentence-order tasks have no context: their choices' priors are their scores, so the
+    model sees each choice once; examples with a context still get their priors scored."""
+    seen: list[tuple[str, str]] = []
+
+    class Counting(_TableLM):
+        def loglikelihood(self, pairs):
+            seen.extend(pairs)
+            return super().loglikelihood(pairs)
+
+    table = {"a b c.": -3.0, "b a c.": -5.0, ("Q:", " x"): -1.0, ("Q:", " y"): -2.0}
+    table.update({" x": -1.0, " y": -0.5})
+    ex = [MCExample("", ["b a c.", "a b c."], gold=1), MCExample("Q:", [" x", " y"], gold=0)]
+    r = score_examples(Counting(tiny_tokenizer, table), ex)
+    assert sorted(seen) == sorted(
+        [("", "b a c."), ("", "a b c."), ("Q:", " x"), ("Q:", " y")] + [("", " x"), ("", " y")]
+    )
+    assert r["acc"] == 1.0 and r["n"] == 2
+
+
 def test_fewshot_context_excludes_the_example_itself():
     ex = [MCExample(f"Q{i}:", [" a", " b"], gold=i % 2) for i in range(6)]
     ctx = fewshot_context(ex, 2, k=3)

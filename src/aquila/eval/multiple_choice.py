@@ -61,14 +61,18 @@ def score_examples(
         for i in batched:
             n = len(examples[i].choices)
             scores[i], pos = flat[pos : pos + n], pos + n
-        # Each choice once more with no context: its prior log-probability.
-        priors = lm.loglikelihood([("", c) for i in idx for c in examples[i].choices])
-        pos = 0
+        # Each choice once more with no context: its prior log-probability. A context-free
+        # task (the sentence orders) has its priors scored already.
+        with_context = [i for i in idx if contexts[i]]
+        flat = lm.loglikelihood([("", c) for i in with_context for c in examples[i].choices])
+        priors, pos = {i: scores[i] for i in idx if not contexts[i]}, 0
+        for i in with_context:
+            n = len(examples[i].choices)
+            priors[i], pos = flat[pos : pos + n], pos + n
         for i in idx:
             ex = examples[i]
             logps = [r.logprob for r in scores[i]]
-            pmi = [lp - p.logprob for lp, p in zip(logps, priors[pos : pos + len(logps)])]
-            pos += len(logps)
+            pmi = [lp - p.logprob for lp, p in zip(logps, priors[i])]
             correct_pmi += int(max(range(len(pmi)), key=pmi.__getitem__) == ex.gold)
             norm = [lp / max(1, len(c.encode("utf-8"))) for lp, c in zip(logps, ex.choices)]
             correct += int(max(range(len(logps)), key=logps.__getitem__) == ex.gold)
