@@ -1,4 +1,5 @@
-"""Two gloo processes with FSDP2 train exactly like one process on the same global batch."""
+"""Several gloo processes (FSDP2, tensor parallel, HSDP) train exactly like one process on the same
+global batch, and their checkpoints resume anywhere."""
 
 from __future__ import annotations
 
@@ -25,47 +26,80 @@ def _losses(path: Path) -> dict[int, float]:
     return {s: v for s, v, _ in (json.loads(x) for x in path.read_text().splitlines())}
 
 
+class Twin:
+    """A one-process run ``a`` trained to its first checkpoint and a copy ``b`` of it: ``a``
+    goes on in this process (the reference), ``b`` under torchrun or another layout."""
+
+    def __init__(self, make_config, tmp_path: Path, first: int, *overrides: str):
+        from aquila.engine.run import prepare_run
+
+        self.tmp = tmp_path
+        self.h = _helpers()
+        self.driver, self.drv = self.h.load_driver(tmp_path)
+        self.a, self.b = tmp_path / "a", tmp_path / "b"
+        cfg = make_config(
+            f"train.max_steps={first}",
+            f"train.checkpoint_every={first}",
+            *overrides,
+            run_dir=self.a,
+        )
+        prepare_run(cfg, quiet=True).trainer.fit()
+        shutil.copytree(self.a, self.b)
+
+    def resume(self, run_dir: Path, steps: int, log: str) -> dict[int, float]:
+        """Continue ``run_dir`` in this process to ``steps``; its losses by step."""
+        from aquila.engine.run import prepare_run
+
+        run = prepare_run(
+            resume=run_dir,
+            overrides=[f"train.max_steps={steps}"],
+            quiet=True,
+            callbacks=[self.drv.Recorder(self.tmp / f"{log}.jsonl")],
+        )
+        run.trainer.fit()
+        return _losses(self.tmp / f"{log}.loss")
+
+    def torchrun(self, nproc: int, steps: int, *overrides: str) -> dict[int, float]:
+        """Continue ``b`` on ``nproc`` processes to ``steps``; its losses by step."""
+        log = self.tmp / "n.jsonl"
+        self.h.torchrun(nproc, str(self.driver), str(self.b), str(log), str(steps), *overrides)
+        return _losses(log.with_suffix(".loss"))
+
+    def batches(self) -> dict[int, dict[int, dict]]:
+        return self.h.read_log(self.tmp / "n.jsonl")
+
+
+def _same(reference: dict[int, float], got: dict[int, float], steps: list[int]) -> None:
+    assert sorted(got) == steps, got
+    for step in steps:
+        assert got[step] == pytest.approx(reference[step], rel=1e-5, abs=1e-6), (reference, got)
+
+
+def _same_weights(a: Path, b: Path, step: int) -> None:
+    from aquila.model.io import load_model_dir
+
+    w1 = load_model_dir(dict(list_checkpoints(a))[step]).state_dict()
+    w2 = load_model_dir(dict(list_checkpoints(b))[step]).state_dict()
+    for k in w1:
+        assert w2[k].allclose(w1[k], rtol=1e-4, atol=1e-6), (step, k)
+
+
 @pytest.mark.distributed
 def test_two_processes_match_one_process(make_config, tmp_path):
-    h = _helpers()
-    driver_path, drv = h.load_driver(tmp_path)
-    from aquila.engine.run import prepare_run
-
-    a = tmp_path / "a"
-    cfg = make_config("train.max_steps=2", "train.checkpoint_every=2", run_dir=a)
-    prepare_run(cfg, quiet=True).trainer.fit()
-    b = tmp_path / "b"
-    shutil.copytree(a, b)
-
     # Both continue from the same single-process checkpoint (model + Adam state): one process
     # in-process, two under torchrun (the full optimizer state is scattered into FSDP shards).
-    one = prepare_run(
-        resume=a,
-        overrides=["train.max_steps=6"],
-        quiet=True,
-        callbacks=[drv.Recorder(tmp_path / "one.jsonl")],
-    )
-    one.trainer.fit()
-    h.torchrun(2, str(driver_path), str(b), str(tmp_path / "two.jsonl"), "6")
-
-    l1, l2 = _losses(tmp_path / "one.loss"), _losses(tmp_path / "two.loss")
-    assert sorted(l1) == sorted(l2) == [3, 4, 5, 6]
-    for step in l1:
-        assert l2[step] == pytest.approx(l1[step], rel=1e-5, abs=1e-6), (l1, l2)
+    t = Twin(make_config, tmp_path, 2)
+    l1 = t.resume(t.a, 6, "one")
+    _same(l1, t.torchrun(2, 6), [3, 4, 5, 6])
     assert l1[6] < l1[3]  # and it is training
-    rows = h.read_log(tmp_path / "two.jsonl")
+    rows = t.batches()
     for step in (3, 4, 5, 6):  # each rank reads its half of the global batch
         assert rows[step][0]["g"] == list(range((step - 1) * 4, (step - 1) * 4 + 2))
         assert rows[step][1]["g"] == list(range((step - 1) * 4 + 2, step * 4))
-    last = dict(list_checkpoints(b))[6]
+    last = dict(list_checkpoints(t.b))[6]
     assert is_sharded(last) and (last / "model.safetensors").is_file()
     # The consolidated weights of the 2-process run equal the 1-process run's.
-    from aquila.model.io import load_model_dir
-
-    w1 = load_model_dir(dict(list_checkpoints(a))[6]).state_dict()
-    w2 = load_model_dir(last).state_dict()
-    for k in w1:
-        assert w2[k].allclose(w1[k], rtol=1e-4, atol=1e-6), k
+    _same_weights(t.a, t.b, 6)
 
 
 @pytest.mark.distributed
@@ -73,33 +107,9 @@ def test_two_processes_match_one_process(make_config, tmp_path):
 def test_accumulation_under_fsdp_matches_one_process(make_config, tmp_path, sync_each):
     """Micro-batches of 1: gradients reduce-scattered once per step (or after each micro-batch)
     give the same training as one process accumulating the whole batch."""
-    h = _helpers()
-    driver_path, drv = h.load_driver(tmp_path)
-    from aquila.engine.run import prepare_run
-
-    a = tmp_path / "a"
-    cfg = make_config(
-        "train.max_steps=1",
-        "train.checkpoint_every=1",
-        "train.micro_batch_size=1",
-        f"train.fsdp_sync_each_micro_batch={str(sync_each).lower()}",
-        run_dir=a,
-    )
-    prepare_run(cfg, quiet=True).trainer.fit()
-    b = tmp_path / "b"
-    shutil.copytree(a, b)
-    one = prepare_run(
-        resume=a,
-        overrides=["train.max_steps=4"],
-        quiet=True,
-        callbacks=[drv.Recorder(tmp_path / "one.jsonl")],
-    )
-    one.trainer.fit()
-    h.torchrun(2, str(driver_path), str(b), str(tmp_path / "two.jsonl"), "4")
-    l1, l2 = _losses(tmp_path / "one.loss"), _losses(tmp_path / "two.loss")
-    assert sorted(l1) == sorted(l2) == [2, 3, 4]
-    for step in l1:
-        assert l2[step] == pytest.approx(l1[step], rel=1e-5, abs=1e-6), (l1, l2)
+    sync = f"train.fsdp_sync_each_micro_batch={str(sync_each).lower()}"
+    t = Twin(make_config, tmp_path, 1, "train.micro_batch_size=1", sync)
+    _same(t.resume(t.a, 4, "one"), t.torchrun(2, 4), [2, 3, 4])
 
 
 @pytest.mark.distributed
@@ -111,50 +121,18 @@ def test_accumulation_under_fsdp_matches_one_process(make_config, tmp_path, sync
 def test_parallel_layouts_match_one_process(make_config, tmp_path, nproc, tp, replicate):
     """Tensor parallel alone, FSDP2 x TP on a 2-D mesh and HSDP (replicate x shard) train like
     one process; the run then resumes on one process from the layout's sharded checkpoint."""
-    h = _helpers()
-    driver_path, drv = h.load_driver(tmp_path)
-    from aquila.engine.run import prepare_run
-
-    a = tmp_path / "a"
-    cfg = make_config("train.max_steps=2", "train.checkpoint_every=2", run_dir=a)
-    prepare_run(cfg, quiet=True).trainer.fit()
-    b = tmp_path / "b"
-    shutil.copytree(a, b)
-    one = prepare_run(
-        resume=a,
-        overrides=["train.max_steps=6"],
-        quiet=True,
-        callbacks=[drv.Recorder(tmp_path / "one.jsonl")],
-    )
-    one.trainer.fit()
-    layout = [f"train.tp={tp}", f"train.replicate={replicate}"]
-    h.torchrun(nproc, str(driver_path), str(b), str(tmp_path / "n.jsonl"), "4", *layout)
-    l1, ln = _losses(tmp_path / "one.loss"), _losses(tmp_path / "n.loss")
-    assert sorted(ln) == [3, 4]
-    for step in ln:
-        assert ln[step] == pytest.approx(l1[step], rel=1e-5, abs=1e-6), (l1, ln)
-    rows = h.read_log(tmp_path / "n.jsonl")
-    dp = nproc // tp
+    t = Twin(make_config, tmp_path, 2)
+    l1 = t.resume(t.a, 6, "one")
+    _same(l1, t.torchrun(nproc, 4, f"train.tp={tp}", f"train.replicate={replicate}"), [3, 4])
+    rows = t.batches()
+    share = 4 // (nproc // tp)
     for step in (3, 4):  # the tp ranks of a group read the same share of the global batch
-        first = (step - 1) * 4
         for rank in range(nproc):
-            share = 4 // dp
-            start = first + rank // tp * share
+            start = (step - 1) * 4 + rank // tp * share
             assert rows[step][rank]["g"] == list(range(start, start + share)), (step, rank)
-    last = dict(list_checkpoints(b))[4]
-    assert is_sharded(last)
+    assert is_sharded(dict(list_checkpoints(t.b))[4])
     # The layout's checkpoint resumes on one process and continues the same run.
-    two = prepare_run(
-        resume=b,
-        overrides=["train.max_steps=6"],
-        quiet=True,
-        callbacks=[drv.Recorder(tmp_path / "res.jsonl")],
-    )
-    two.trainer.fit()
-    l2 = _losses(tmp_path / "res.loss")
-    assert sorted(l2) == [5, 6]
-    for step in l2:
-        assert l2[step] == pytest.approx(l1[step], rel=1e-5, abs=1e-6), (l1, l2)
+    _same(l1, t.resume(t.b, 6, "res"), [5, 6])
     assert l1[6] < l1[3]
 
 
@@ -162,48 +140,14 @@ def test_parallel_layouts_match_one_process(make_config, tmp_path, nproc, tp, re
 def test_background_checkpoints_under_fsdp(make_config, tmp_path):
     """train.async_checkpoint on 2 processes: training goes on while DCP writes the shards; each
     checkpoint holds its own step's weights, and the run resumes from it on one process."""
-    h = _helpers()
-    driver_path, drv = h.load_driver(tmp_path)
-    from aquila.engine.run import prepare_run
-    from aquila.model.io import load_model_dir
-
-    a = tmp_path / "a"
-    cfg = make_config("train.max_steps=2", "train.checkpoint_every=2", run_dir=a)
-    prepare_run(cfg, quiet=True).trainer.fit()
-    b = tmp_path / "b"
-    shutil.copytree(a, b)
-    one = prepare_run(
-        resume=a,
-        overrides=["train.max_steps=8"],
-        quiet=True,
-        callbacks=[drv.Recorder(tmp_path / "one.jsonl")],
-    )
-    one.trainer.fit()
-    h.torchrun(
-        2, str(driver_path), str(b), str(tmp_path / "n.jsonl"), "6", "train.async_checkpoint=true"
-    )
-    l1, ln = _losses(tmp_path / "one.loss"), _losses(tmp_path / "n.loss")
-    assert sorted(ln) == [3, 4, 5, 6]
-    for step in ln:
-        assert ln[step] == pytest.approx(l1[step], rel=1e-5, abs=1e-6), (l1, ln)
-    ours, theirs = dict(list_checkpoints(b)), dict(list_checkpoints(a))
+    t = Twin(make_config, tmp_path, 2)
+    l1 = t.resume(t.a, 8, "one")
+    _same(l1, t.torchrun(2, 6, "train.async_checkpoint=true"), [3, 4, 5, 6])
     for step in (4, 6):  # step 4 was written while steps 5 and 6 trained
-        assert is_sharded(ours[step])
-        w1 = load_model_dir(theirs[step]).state_dict()
-        w2 = load_model_dir(ours[step]).state_dict()
-        for k in w1:
-            assert w2[k].allclose(w1[k], rtol=1e-4, atol=1e-6), (step, k)
-    assert not list((b / "checkpoints").glob(".tmp*"))
-    again = prepare_run(
-        resume=b,
-        overrides=["train.max_steps=8"],
-        quiet=True,
-        callbacks=[drv.Recorder(tmp_path / "res.jsonl")],
-    )
-    again.trainer.fit()
-    l2 = _losses(tmp_path / "res.loss")
-    for step in (7, 8):
-        assert l2[step] == pytest.approx(l1[step], rel=1e-5, abs=1e-6), (l1, l2)
+        assert is_sharded(dict(list_checkpoints(t.b))[step])
+        _same_weights(t.a, t.b, step)
+    assert not list((t.b / "checkpoints").glob(".tmp*"))
+    _same(l1, t.resume(t.b, 8, "res"), [7, 8])
 
 
 def test_layout_must_divide_the_world(make_config, tmp_path):
