@@ -74,3 +74,34 @@ def make_shards(tmp_path_factory, tiny_tokenizer):
         return root
 
     return make
+
+
+@pytest.fixture(scope="session")
+def shard_dir(make_shards, english_text, chinese_text) -> Path:
+    """Two sources: English scripture (``kjv``) and Chinese news (``news``)."""
+    return make_shards((("kjv", "en", english_text), ("news", "zh", chinese_text)))
+
+
+@pytest.fixture(scope="session")
+def tiny_config(tiny_tokenizer_dir):
+    """``tiny_config(data_dir, run_dir, *overrides)``: a training config of the aquila-test
+    model on token shards, with the tiny tokenizer; the overrides come last."""
+    from aquila.engine.config import load_config
+
+    def make(data_dir: Path, run_dir: Path, *overrides: str):
+        return load_config(
+            None,
+            [
+                "model.preset='aquila-test'",
+                f"data.dir='{data_dir}'",
+                f"tokenizer='{tiny_tokenizer_dir}'",
+                f"run_dir='{run_dir}'",
+                "data.seq_len=32",
+                "train.keep_last=5",
+                "optim.lr=3e-3",
+                "optim.warmup_steps=2",
+                *overrides,
+            ],
+        )
+
+    return make

@@ -6,8 +6,6 @@ from pathlib import Path
 
 import pytest
 
-from aquila.engine.config import load_config
-
 
 @pytest.fixture(scope="session")
 def mix_shards(make_shards, english_text, chinese_text) -> Path:
@@ -22,26 +20,17 @@ def mix_shards(make_shards, english_text, chinese_text) -> Path:
 
 
 @pytest.fixture()
-def mix_config(mix_shards, tiny_tokenizer_dir, tmp_path):
+def mix_config(mix_shards, tiny_config, tmp_path):
     def make(*overrides: str, run_dir: Path | None = None):
-        return load_config(
-            None,
-            [
-                "model.preset='aquila-test'",
-                f"data.dir='{mix_shards}'",
-                f"tokenizer='{tiny_tokenizer_dir}'",
-                f"run_dir='{run_dir or tmp_path / 'run'}'",
-                "data.seq_len=32",
-                "train.batch_size=8",
-                "train.max_steps=12",
-                "train.log_every=4",
-                "train.checkpoint_every=0",
-                "train.keep_last=5",
-                "optim.lr=3e-3",
-                "optim.warmup_steps=2",
-                "monitor.eval.enabled=false",
-                *overrides,
-            ],
+        return tiny_config(
+            mix_shards,
+            run_dir or tmp_path / "run",
+            "train.batch_size=8",
+            "train.max_steps=12",
+            "train.log_every=4",
+            "train.checkpoint_every=0",
+            "monitor.eval.enabled=false",
+            *overrides,
         )
 
     return make
