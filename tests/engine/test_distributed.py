@@ -150,6 +150,23 @@ def test_background_checkpoints_under_fsdp(make_config, tmp_path):
     _same(l1, t.resume(t.b, 8, "res"), [7, 8])
 
 
+@pytest.mark.distributed
+def test_aquila_train_under_torchrun_speaks_once(make_config, tmp_path):
+    """`aquila train` on two processes: rank 0 alone prints, and no FSDP warning about the
+    loss view (the trainer never changes it in place) reaches the user."""
+    import os
+    import sys
+
+    cfg = make_config("train.max_steps=2", "train.checkpoint_every=0", run_dir=tmp_path / "r")
+    cfg.save(tmp_path / "cfg.toml")
+    aquila = os.path.join(os.path.dirname(sys.executable), "aquila")
+    res = _helpers().torchrun(2, aquila, "train", "--config", str(tmp_path / "cfg.toml"))
+    assert res.stdout.count("model: aquila-test") == 1, res.stdout
+    assert res.stdout.count("completed at step 2") == 1, res.stdout
+    assert "view tensor" not in res.stderr
+    assert [s for s, _ in list_checkpoints(tmp_path / "r")] == [2]
+
+
 def test_layout_must_divide_the_world(make_config, tmp_path):
     from aquila.engine.run import parallel_plan
     from aquila.engine.trainer import DistInfo

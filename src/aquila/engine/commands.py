@@ -141,6 +141,11 @@ def _train_run(args: argparse.Namespace) -> int:
         cfg = load_config(args.config, base + overrides)
         prepared = prepare_run(cfg, quiet=args.quiet)
     trainer = prepared.trainer
+    if not trainer.is_main:  # one voice for a multi-process run: rank 0's
+
+        def print_line(text: str = "", json_mode: bool = False) -> None:
+            return None
+
     if prepared.resumed_from:
         print_line(f"resuming {prepared.run_dir} from {prepared.resumed_from.name}", args.json)
     else:

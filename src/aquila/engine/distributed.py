@@ -16,6 +16,7 @@ of the global loss is the *sum* over ranks; FSDP is told to sum (divide factor 1
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -152,6 +153,9 @@ def apply_fsdp(model: nn.Module, dp_mesh, device_type: str, reshard_root: bool =
     fully_shard(model, mesh=dp_mesh, mp_policy=mp, reshard_after_forward=reshard_root)
     # The trainer calls token_losses, not forward: it must gather the root's parameters too.
     register_fsdp_forward_method(model, "token_losses")
+    # token_losses returns a (B, T) view of the flat cross-entropy; FSDP warns that an in-place
+    # op on it would skip its backward hook. The trainer only reads it (sum, detach).
+    warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor")
     from torch.distributed.fsdp import FSDPModule
 
     for module in model.modules():  # the settings are per FSDP unit: every block and the root
