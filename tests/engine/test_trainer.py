@@ -176,10 +176,14 @@ def test_cli_trains_and_prints_json(make_config, shard_dir, tiny_tokenizer_dir, 
             "train.batch_size=2",
             "--set",
             "train.max_steps=3",
+            "--set",
+            "train.tp=2",  # one process: said, then ignored
         ]
     )
     assert rc == 0
-    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    captured = capsys.readouterr()
+    assert "train.tp=2 train.replicate=1 apply to a multi-process run" in captured.err
+    out = json.loads(captured.out.strip().splitlines()[-1])
     assert out["steps"] == 3 and out["tokens"] == 3 * 2 * 32 and out["status"] == "completed"
     assert out["run_dir"] == str(tmp_path / "cli")
 

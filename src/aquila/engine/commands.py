@@ -150,6 +150,13 @@ def _train_run(args: argparse.Namespace) -> int:
         print_line(f"resuming {prepared.run_dir} from {prepared.resumed_from.name}", args.json)
     else:
         print_line(f"run directory: {prepared.run_dir}", args.json)
+    t = prepared.cfg.train
+    if trainer.dist.world == 1 and (t.tp > 1 or t.replicate > 1):
+        print_line(
+            f"train.tp={t.tp} train.replicate={t.replicate} apply to a multi-process run "
+            f"(torchrun); this one process trains alone",
+            args.json,
+        )
     n_params = trainer.model.num_params()
     print_line(
         f"model: {prepared.cfg.preset} ({n_params / 1e6:.1f}M params), sources: "
