@@ -19,6 +19,7 @@ import errno
 import shutil
 import warnings
 from collections.abc import Callable
+from concurrent.futures import Future
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -176,8 +177,12 @@ def save_sharded_async(trainer: Trainer, group) -> tuple[Callable[[], Path | Non
     # Gathered before the background write starts: never two threads' collectives at once.
     full = _full_weights(trainer)
     full = _own_copies(full, trainer.model) if rank == 0 else {}
-    response = dcp.async_save(sd, checkpoint_id=str(tmp / DCP_DIR), process_group=group)
-    upload = getattr(response, "upload_completion", response)
+    try:
+        response = dcp.async_save(sd, checkpoint_id=str(tmp / DCP_DIR), process_group=group)
+        upload = getattr(response, "upload_completion", response)
+    except Exception as exc:  # surfaces where the ranks agree on the outcome, not here alone
+        upload = Future()
+        upload.set_exception(exc)
     state = snapshot(_training_state(trainer)) if rank == 0 else {}
 
     def finish() -> Path | None:
