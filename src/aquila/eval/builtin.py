@@ -214,6 +214,27 @@ class FrequencyPools:
         return picked if len(picked) == k else None
 
 
+def _in_seeded_order(
+    n: int,
+    make: Callable[[int, random.Random], MCExample | None],
+    limit: int | None,
+    seed: int,
+) -> list[MCExample]:
+    """``make(i, rng)`` for the items 0..n-1 in a seeded random order (one generator for the
+    order and the draws), skipping the items it returns None for, until ``limit`` examples."""
+    rng = random.Random(seed)
+    order = list(range(n))
+    rng.shuffle(order)
+    out: list[MCExample] = []
+    for i in order:
+        if limit and len(out) >= limit:
+            break
+        example = make(i, rng)
+        if example is not None:
+            out.append(example)
+    return out
+
+
 def cloze_examples(
     items: list[tuple[str, str, list[tuple[int, int]]]],
     pools: FrequencyPools,
@@ -227,28 +248,24 @@ def cloze_examples(
     a word followed by the rest of the sentence. No distractor ``occurs(word, sentence)``: a
     word already in the sentence would often fit the blank as well.
     """
-    rng = random.Random(seed)
-    order = list(range(len(items)))
-    rng.shuffle(order)
-    out = []
-    for i in order:
-        if limit and len(out) >= limit:
-            break
+
+    def make(i: int, rng: random.Random) -> MCExample | None:
         context, sentence, spans = items[i]
         if not spans:
-            continue
+            return None
         start, end = rng.choice(spans)
         answer = sentence[start:end]
         distractors = pools.draw(answer, lambda w, s=sentence: not occurs(w, s), rng)
         if distractors is None:
-            continue
+            return None
         choices = [answer, *distractors]
         rng.shuffle(choices)
         prefix = (context + sentence[:start]).rstrip(" ")
         space = " " if sentence[start - 1 : start] == " " else ""
         rest = sentence[end:]
-        out.append(MCExample(prefix, [space + c + rest for c in choices], choices.index(answer)))
-    return out
+        return MCExample(prefix, [space + c + rest for c in choices], choices.index(answer))
+
+    return _in_seeded_order(len(items), make, limit, seed)
 
 
 def _en_shape(word: str) -> tuple[int, bool]:
@@ -317,13 +334,8 @@ def minimal_set_examples(
     seed: int = SEED,
 ) -> list[MCExample]:
     """The true sentence and 3 of its ``variants`` (tried in a seeded random order), no context."""
-    rng = random.Random(seed)
-    order = list(range(len(sentences)))
-    rng.shuffle(order)
-    out = []
-    for i in order:
-        if limit and len(out) >= limit:
-            break
+
+    def make(i: int, rng: random.Random) -> MCExample | None:
         words = sentences[i]
         answer = join(words)
         candidates = variants(words)
@@ -336,11 +348,12 @@ def minimal_set_examples(
             if len(distractors) == N_CHOICES - 1:
                 break
         if len(distractors) < N_CHOICES - 1:
-            continue
+            return None
         choices = [answer, *distractors]
         rng.shuffle(choices)
-        out.append(MCExample("", choices, choices.index(answer)))
-    return out
+        return MCExample("", choices, choices.index(answer))
+
+    return _in_seeded_order(len(sentences), make, limit, seed)
 
 
 def adjacent_swaps(swappable: Callable[[str], bool]) -> Callable[[list[str]], list[list[str]]]:
