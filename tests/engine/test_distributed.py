@@ -137,12 +137,14 @@ def test_parallel_layouts_match_one_process(make_config, tmp_path, nproc, tp, re
 
 
 @pytest.mark.distributed
-def test_background_checkpoints_under_fsdp(make_config, tmp_path):
-    """train.async_checkpoint on 2 processes: training goes on while DCP writes the shards; each
-    checkpoint holds its own step's weights, and the run resumes from it on one process."""
+@pytest.mark.parametrize("tp", [1, 2], ids=["fsdp2", "tp2"])
+def test_background_checkpoints_on_two_processes(make_config, tmp_path, tp):
+    """train.async_checkpoint on 2 processes (FSDP2, or TP whose embedding and norms are plain
+    tensors): training goes on while DCP writes the shards; each checkpoint holds its own step's
+    weights, and the run resumes from it on one process."""
     t = Twin(make_config, tmp_path, 2)
     l1 = t.resume(t.a, 8, "one")
-    _same(l1, t.torchrun(2, 6, "train.async_checkpoint=true"), [3, 4, 5, 6])
+    _same(l1, t.torchrun(2, 6, "train.async_checkpoint=true", f"train.tp={tp}"), [3, 4, 5, 6])
     for step in (4, 6):  # step 4 was written while steps 5 and 6 trained
         assert is_sharded(dict(list_checkpoints(t.b))[step])
         _same_weights(t.a, t.b, step)
