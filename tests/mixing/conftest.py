@@ -34,3 +34,20 @@ def mix_config(mix_shards, tiny_config, tmp_path):
         )
 
     return make
+
+
+@pytest.fixture(scope="session")
+def at_step():
+    """``at_step(step, fn)``: a callback that calls ``fn(trainer)`` at the boundary before step
+    ``step + 1`` (in ``before_step``, where commands and the policy apply)."""
+    from aquila.engine.callbacks import Callback
+
+    class At(Callback):
+        def __init__(self, step, fn):
+            self.step, self.fn = step, fn
+
+        def before_step(self, trainer):
+            if trainer.state.step == self.step:
+                self.fn(trainer)
+
+    return At

@@ -22,15 +22,6 @@ class Record(Callback):
             self.losses[metrics["step"]] = metrics["loss"]
 
 
-class At(Callback):
-    def __init__(self, step, fn):
-        self.step, self.fn = step, fn
-
-    def before_step(self, trainer):
-        if trainer.state.step == self.step:
-            self.fn(trainer)
-
-
 class CrashAfter(Callback):
     def __init__(self, step):
         self.step = step
@@ -109,7 +100,7 @@ def test_resume_after_policy_update_reproduces_weights_and_batches(mix_config, t
     assert merged == straight.losses
 
 
-def test_manual_set_mixture_pauses_policy_until_handed_back(mix_config):
+def test_manual_set_mixture_pauses_policy_until_handed_back(mix_config, at_step):
     manual = {"kjv": 0.2, "kjv_late": 0.2, "news": 0.6}
     mixer = MixingCallback(PolicyConfig.from_dict({**ODM, "every": 2, "warmup": 2}))
 
@@ -119,7 +110,7 @@ def test_manual_set_mixture_pauses_policy_until_handed_back(mix_config):
 
     run = prepare_run(
         mix_config("train.max_steps=16"),
-        callbacks=[At(5, override), mixer, At(10, mixer.resume_policy)],
+        callbacks=[at_step(5, override), mixer, at_step(10, mixer.resume_policy)],
         quiet=True,
     )
     run.trainer.fit()
@@ -131,7 +122,7 @@ def test_manual_set_mixture_pauses_policy_until_handed_back(mix_config):
     assert not mixer.paused
 
 
-def test_queued_control_command_pauses_and_flag_file_resumes(mix_config):
+def test_queued_control_command_pauses_and_flag_file_resumes(mix_config, at_step):
     from aquila.engine.rundb import RunDB
 
     mixer = MixingCallback(PolicyConfig.from_dict({**ODM, "every": 2, "warmup": 2}))
@@ -143,9 +134,9 @@ def test_queued_control_command_pauses_and_flag_file_resumes(mix_config):
         (trainer.run_dir / "mixing" / "resume").touch()
 
     run.trainer.callbacks.insert(
-        0, At(3, lambda tr: db.enqueue("set-mixture", weights={"news": 1}))
+        0, at_step(3, lambda tr: db.enqueue("set-mixture", weights={"news": 1}))
     )
-    run.trainer.callbacks.insert(0, At(8, flag))
+    run.trainer.callbacks.insert(0, at_step(8, flag))
     run.trainer.fit()
     steps = [u["step"] for u in auto(run.trainer.history)]
     assert steps == [2, 10, 12]

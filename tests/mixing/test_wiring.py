@@ -6,7 +6,6 @@ import sys
 import pytest
 
 from aquila.cli import main as cli
-from aquila.engine.callbacks import Callback
 from aquila.engine.run import prepare_run
 from aquila.errors import UserError
 from aquila.mixing import MixingCallback
@@ -23,15 +22,6 @@ every = 2
 warmup = 2
 min_weight = 0.1
 """
-
-
-class At(Callback):
-    def __init__(self, step, fn):
-        self.step, self.fn = step, fn
-
-    def before_step(self, trainer):
-        if trainer.state.step == self.step:
-            self.fn(trainer)
 
 
 def auto_steps(history):
@@ -58,15 +48,15 @@ def test_policy_table_of_mixture_file_steers_the_run(mix_config, mixture_file):
     assert "auto (odm)" in labels
 
 
-def test_control_queue_turns_the_policy_off_and_on(mix_config, mixture_file):
+def test_control_queue_turns_the_policy_off_and_on(mix_config, mixture_file, at_step):
     from aquila.engine.rundb import RunDB
 
     run = prepare_run(
         mix_config(f"data.mixture='{mixture_file}'", "train.max_steps=14"), quiet=True
     )
     db = RunDB(run.run_dir)
-    run.trainer.callbacks.insert(0, At(3, lambda tr: db.enqueue("auto-mixture", on=False)))
-    run.trainer.callbacks.insert(0, At(7, lambda tr: db.enqueue("auto-mixture", on=True)))
+    run.trainer.callbacks.insert(0, at_step(3, lambda tr: db.enqueue("auto-mixture", on=False)))
+    run.trainer.callbacks.insert(0, at_step(7, lambda tr: db.enqueue("auto-mixture", on=True)))
     run.trainer.fit()
     # Off from 3 to 7; back on at 7 with a fresh interval of losses, so the next update is at 9.
     assert auto_steps(run.trainer.history) == [2, 9, 11, 13]
