@@ -160,7 +160,7 @@ def probe_jail() -> Jail:
     """Try to make a jail here (uncached); the result says how, or why not in one phrase."""
     bwrap = shutil.which("bwrap")
     if bwrap is None:
-        return Jail(False, "bwrap not found (Debian/Ubuntu: apt-get install bubblewrap)")
+        return Jail(False, "bwrap not found on PATH")
     try:
         helptext = subprocess.run(
             [bwrap, "--help"], capture_output=True, text=True, timeout=10
@@ -193,7 +193,8 @@ def require_jail(unsafe_exec: bool = False) -> Jail:
     if not j.available and not unsafe_exec:
         raise SandboxUnavailable(
             "refusing to run generated code: no sandbox can be made on this machine "
-            f"({j.reason}); install bubblewrap, or pass --unsafe-exec to run it unconfined"
+            f"({j.reason}); install bubblewrap (apt-get install bubblewrap), or pass "
+            "--unsafe-exec to run it unconfined"
         )
     return j
 
