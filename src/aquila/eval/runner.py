@@ -44,6 +44,7 @@ def evaluate(
     limit: int | None = None,
     num_fewshot: int = 0,
     show_progress: bool = True,
+    unsafe_exec: bool = False,
 ) -> Results:
     """Run ``tasks``; each result holds the task's metrics, its chance level and seconds taken."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -61,7 +62,9 @@ def evaluate(
             data = task.load(limit)
             bar = progress.add_task(task.name, total=len(data))
             opts = RunOptions(
-                num_fewshot=num_fewshot, advance=lambda n, b=bar: progress.advance(b, n)
+                num_fewshot=num_fewshot,
+                advance=lambda n, b=bar: progress.advance(b, n),
+                unsafe_exec=unsafe_exec,
             )
             t0 = time.perf_counter()
             metrics = task.run(lm, data, opts)

@@ -23,6 +23,7 @@ class RunOptions:
     num_fewshot: int = 0
     max_new_tokens: int = 256
     advance: Callable[[int], None] | None = None
+    unsafe_exec: bool = False  # run generated code unconfined where no sandbox can be made
 
 
 @dataclass
@@ -124,9 +125,20 @@ def _humaneval_task(path: str | None) -> Task:
     def run(lm: ModelLM, problems: list[Any], opts: RunOptions) -> dict[str, float]:
         from aquila.eval.generation import run_humaneval
 
-        return run_humaneval(lm, problems, opts.max_new_tokens, advance=opts.advance)
+        return run_humaneval(
+            lm, problems, opts.max_new_tokens, advance=opts.advance, unsafe_exec=opts.unsafe_exec
+        )
 
-    return Task("humaneval", "code", "generation", 0.0, load, run, "HumanEval pass@1 (sandboxed)")
+    return Task(
+        "humaneval",
+        "code",
+        "generation",
+        0.0,
+        load,
+        run,
+        "HumanEval pass@1 (sandboxed)",
+        extra={"runs_code": True},
+    )
 
 
 def _gsm8k_task(path: str) -> Task:

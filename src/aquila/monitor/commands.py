@@ -15,13 +15,17 @@ def register(sub: argparse._SubParsersAction) -> None:
             "Serve a local dashboard for RUN_DIR (live loss per source, grad norm, LR, "
             "throughput, MFU, mixture and its history, events, evaluations, weight trajectory, "
             "and controls that enqueue commands for the running trainer). With --report, "
-            "--json or --png it prints/saves a summary instead of serving."
+            "--json or --png it prints/saves a summary instead of serving. "
+            "The dashboard always asks for a random access token: open the URL it prints "
+            "(ending in ?token=...); the page keeps the token in a cookie. It answers only to "
+            "the bound address, localhost/127.0.0.1/[::1] (with its port) and the names given "
+            "with --allow-host."
         ),
         epilog=(
             "examples:\n"
             "  aquila monitor runs/run-20260101-120000\n"
             "  aquila monitor runs/run-20260101-120000 --port 9000\n"
-            "  aquila monitor RUN_DIR --host 0.0.0.0   # prints a URL with an access token\n"
+            "  aquila monitor RUN_DIR --host 0.0.0.0 --allow-host node7.cluster\n"
             "  aquila monitor RUN_DIR --report\n"
             "  aquila monitor RUN_DIR --png run.png --json"
         ),
@@ -34,7 +38,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--host",
         default="127.0.0.1",
-        help="address to bind (default: 127.0.0.1; other addresses require the printed token)",
+        help="address to bind (default: 127.0.0.1; 0.0.0.0 for every interface)",
+    )
+    p.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help=(
+            "also answer to requests addressed to NAME (a DNS name this machine is reached by, "
+            "or the name behind a reverse proxy or SSH tunnel; any port); repeatable"
+        ),
     )
     p.add_argument("--report", action="store_true", help="print a text report with suggestions")
     p.add_argument("--png", metavar="OUT.png", help="save a plot of the run to OUT.png")
@@ -60,21 +74,33 @@ def _monitor(args: argparse.Namespace) -> int:
 
 def _serve(run_dir, args) -> int:
     from aquila.errors import UserError
+    from aquila.monitor.access import valid_name
     from aquila.monitor.dashboard import plotly_js, serve
 
+    if not 0 <= args.port <= 65535:
+        raise UserError(f"--port must be 0..65535, got {args.port}")
+    for name in args.allow_host:
+        if not valid_name(name):
+            raise UserError(
+                f"--allow-host {name!r}: not a host name or IP address "
+                "(give the name alone, without scheme, port or path)"
+            )
     if plotly_js() is None:
         raise UserError(
             "the dashboard needs plotly (its bundled plotly.min.js): pip install plotly"
         )
     try:
-        server, url, token = serve(run_dir, args.host, args.port)
+        server, url, token = serve(run_dir, args.host, args.port, allow_hosts=args.allow_host)
     except OSError as exc:
         raise UserError(
-            f"--port {args.port}: cannot listen on {args.host}: {exc.strerror}"
+            f"--port {args.port}: cannot listen on {args.host!r}: {exc.strerror or exc}"
         ) from None
+    # The URL is the last word of the first stdout line, for tools that start the dashboard.
     print(f"aquila monitor: serving {run_dir} at {url}", flush=True)
-    if token:
-        print(f"access token (required off-loopback): {token}", flush=True)
+    port = server.server_address[1]
+    for name in args.allow_host:
+        shown = f"[{name}]" if ":" in name else name
+        print(f"  also at http://{shown}:{port}/?token={token}", flush=True)
     print("press Ctrl-C to stop", file=sys.stderr, flush=True)
     try:
         server.serve_forever()

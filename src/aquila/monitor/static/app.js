@@ -1,18 +1,18 @@
 // aquila monitor: polls the JSON API and redraws Plotly charts; controls enqueue commands.
 "use strict";
+// The access token travels in an HttpOnly cookie set by the page load that carried ?token=;
+// this script never sees it.
 const params = new URLSearchParams(location.search);
-const token = params.get("token");
-const interval = Number(params.get("interval") || 2000);
+const interval = Math.max(200, Number(params.get("interval")) || 2000);
 const state = { cursor: 0, rows: new Map(), sources: [], weights: {}, pending: null };
 const PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
   "#7f7f7f", "#bcbd22", "#17becf"];
 
 function api(path, opts = {}) {
-  const headers = Object.assign({ "X-Aquila-Request": "1" }, opts.headers || {});
-  if (token) headers["X-Aquila-Token"] = token;
-  return fetch(path.replace(/^\//, ""), Object.assign({}, opts, { headers }))
+  return fetch(path.replace(/^\//, ""), Object.assign({ credentials: "same-origin" }, opts))
     .then(async (r) => {
-      const body = await r.json();
+      const body = await r.json().catch(() => ({}));
+      if (r.status === 401) throw new Error("access token missing or stale: open the URL aquila monitor printed");
       if (!r.ok) throw new Error(body.error || r.statusText);
       return body;
     });
