@@ -48,7 +48,15 @@ def register(sub: argparse._SubParsersAction) -> None:
             "examples:\n"
             "  aquila train\n"
             "  aquila train --config cfg.toml --set optim.lr=3e-4 --set train.max_steps=500\n"
-            "  aquila train --resume runs/run-20260101-120000 --set train.max_steps=2000"
+            "  aquila train --resume runs/run-20260101-120000 --set train.max_steps=2000\n"
+            "\n"
+            "exit codes: 0 completed (or its time limit, or `aquila control RUN_DIR stop`); "
+            "2 bad input;\n"
+            "  3 stopped by the monitor (non-finite values, divergence); 4 a checkpoint could "
+            "not be\n"
+            "  written (train.on_save_error); 5 the run directory is in use by another "
+            "training;\n"
+            "  130 interrupted (a checkpoint was written)"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -187,9 +195,20 @@ def _train_run(args: argparse.Namespace) -> int:
             args.json,
         )
     summary["seconds"] = round(time.perf_counter() - started, 2)
+    code = _exit_code(trainer, reason)
+    summary["exit_code"] = code
     if args.json and trainer.is_main:
         print(json.dumps(summary, ensure_ascii=False))
-    return 130 if reason == "interrupted" else 0
+    return code
+
+
+def _exit_code(trainer, reason: str) -> int:
+    """0 only for a run that ended as asked: completed, its time limit, a `stop` command."""
+    from aquila.errors import EXIT_INTERRUPTED, EXIT_MONITOR_STOP, EXIT_OK
+
+    if trainer.stopped_by_anomaly:
+        return EXIT_MONITOR_STOP
+    return EXIT_INTERRUPTED if reason == "interrupted" else EXIT_OK
 
 
 def _final_report(prepared, json_mode: bool) -> dict:
