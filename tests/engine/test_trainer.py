@@ -11,7 +11,7 @@ from aquila.cli import main
 from aquila.engine.callbacks import Callback
 from aquila.engine.checkpoint import list_checkpoints
 from aquila.engine.run import prepare_run
-from aquila.errors import UserError
+from aquila.errors import SaveFailed, UserError
 
 
 class Record(Callback):
@@ -114,8 +114,8 @@ def test_disk_full_during_save_keeps_last_checkpoint(make_config, monkeypatch):
 
     monkeypatch.setattr(torch, "save", failing_save)
     with pytest.raises(
-        UserError,
-        match="disk full while saving checkpoint .*step-00000006.*last good checkpoint is .*step-00000003",
+        SaveFailed,
+        match="step-00000006 was not saved: disk full .*latest checkpoint is still .*step-00000003",
     ):
         run.trainer.fit()
     ckpts = list_checkpoints(run.run_dir)
