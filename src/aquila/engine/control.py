@@ -157,7 +157,7 @@ def validate(kind: str, args: dict[str, Any], ctx: RunContext | None = None) -> 
         if loaded is not None:
             unknown = sorted(set(args["weights"]) - loaded)
             if unknown:
-                where = "the run's data dir has" if loaded == known else "the run trains on"
+                where = "the run's sources are" if loaded == known else "the run trains on"
                 hint = "; add one with add-source" if loaded != known else ""
                 raise UserError(f"unknown source(s) {unknown}; {where} {sorted(loaded)}{hint}")
     elif kind == "set-lr":

@@ -38,7 +38,7 @@ _NO_LOCKS = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS}
 
 def _holder_text(info: dict[str, Any]) -> str:
     if not info.get("pid"):
-        return "another training (its details are not written yet)"
+        return "its details are not written yet"
     since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info.get("since", 0)))
     return f"pid {info.get('pid', '?')} on host {info.get('host', '?')} since {since}"
 
