@@ -233,3 +233,15 @@ def test_corrupt_run_database_every_tool(run_copy, capsys):
         line = one_line(capsys.readouterr().err)
         assert f"{db}: the run database cannot be read" in line and "mv " in line, line
     assert tree(run_copy) == before
+
+
+@pytest.mark.parametrize("damaged", ["train_state.pt", "model.safetensors"])
+def test_a_truncated_latest_checkpoint(run_copy, capsys, damaged):
+    path = run_copy / "checkpoints" / "step-00000006" / damaged
+    path.write_bytes(path.read_bytes()[:1000])
+    ckpts = tree(run_copy / "checkpoints")
+    assert main(["train", "--resume", str(run_copy), "--quiet", "--no-report"]) == 2
+    line = one_line(capsys.readouterr().err)
+    assert f"cannot read {path}" in line, line
+    assert line.endswith(f"to resume from step-00000003 instead, move {path.parent} aside")
+    assert tree(run_copy / "checkpoints") == ckpts

@@ -20,7 +20,7 @@ from aquila.engine.callbacks import (
     ProgressReporter,
     TimeLimit,
 )
-from aquila.engine.checkpoint import latest_checkpoint
+from aquila.engine.checkpoint import latest_checkpoint, list_checkpoints
 from aquila.engine.config import TrainConfig, load_config
 from aquila.engine.data import TrainData, open_train_data
 from aquila.engine.device import pick_device
@@ -454,7 +454,15 @@ def _assemble(
     trainer.register_state("data", data)
     extra: dict[str, Any] = {}
     if resumed_from is not None:
-        trainer.resume_from(resumed_from)
+        try:
+            trainer.resume_from(resumed_from)
+        except UserError as exc:
+            earlier = [p for _, p in list_checkpoints(run_dir) if p != resumed_from]
+            if not earlier:
+                raise
+            raise UserError(
+                f"{exc}; to resume from {earlier[-1].name} instead, move {resumed_from} aside"
+            ) from None
     elif init is not None:
         extra["init_from"] = str(init.model_dir)
         if dist.rank == 0:
