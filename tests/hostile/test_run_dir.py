@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -245,3 +246,36 @@ def test_a_truncated_latest_checkpoint(run_copy, capsys, damaged):
     assert f"cannot read {path}" in line, line
     assert line.endswith(f"to resume from step-00000003 instead, move {path.parent} aside")
     assert tree(run_copy / "checkpoints") == ckpts
+
+
+ONLY_THE_LOCK = """
+import sys
+import aquila.engine.lock as lock
+lock.refuse_if_running = lambda run_dir: None  # no early probe: the lock itself refuses
+from aquila.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.distributed
+def test_every_rank_learns_of_a_refused_lock(run_copy, holder, tmp_path):
+    """Under torchrun rank 0 tries the lock; refused, it tells the other ranks, and each exits
+    with code 5 and one line instead of waiting in a collective."""
+    driver = tmp_path / "driver.py"
+    driver.write_text(ONLY_THE_LOCK)
+    before = tree(run_copy)
+    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or "torchrun"
+    proc = subprocess.run(
+        [torchrun, "--standalone", "--nproc-per-node=2", str(driver), "train", "--resume"]
+        + [str(run_copy), "--quiet", "--no-report"],
+        env={**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert proc.returncode != 0
+    refusals = [ln for ln in proc.stderr.splitlines() if "aquila: error: run directory" in ln]
+    assert len(refusals) == 2, proc.stderr[-3000:]
+    assert all(f"in use by another training (pid {holder.pid}" in ln for ln in refusals)
+    assert "exitcode  : 5" in proc.stderr or "exit code 5" in proc.stderr, proc.stderr[-3000:]
+    assert tree(run_copy) == before
