@@ -56,7 +56,7 @@ NEW_RUN = [
     ("data.weights={kjv=-1}", "data.weights = {'kjv': -1.0}: must map sources to finite weights"),
     ("data.weights={kjv=0}", "data.weights = {'kjv': 0.0}: must map sources to finite weights"),
     ("data.weights={kjv='a'}", "data.weights = {'kjv': 'a'}: expected a table of source = number"),
-    ("data.sources=[1]", "data.sources = [1]: names"),
+    ("data.sources=[1]", "data.sources = [1]: must be a list of source names"),
     (
         "data.heldout='/nonexistent'",
         "data.heldout = '/nonexistent': must be a directory of <lang>/",
@@ -94,6 +94,7 @@ RESUME = [
     ("data.heldout='/nonexistent'", "config key data.heldout = '/nonexistent'"),
     ("data.seq_len=200", "config key data.seq_len = 200: must be <= model.max_seq_len (128)"),
     ("train.bogus=1", "unknown config key train.bogus"),
+    ("train.max_steps=4", "train.max_steps = 4: must be >= 6, the step of step-00000006"),
 ]
 
 

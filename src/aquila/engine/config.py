@@ -21,13 +21,17 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 
+def _names(value: Any) -> bool:
+    return all(isinstance(s, str) and s for s in value)
+
+
 @dataclass
 class DataConfig:
     """Where batches come from. An empty ``dir`` means the bundled bilingual sample corpus."""
 
     dir: str = ""
     # Sources to train on (default: every source in ``dir``).
-    sources: list[str] = rule([], Rule(lambda v: all(isinstance(s, str) for s in v), "names"))
+    sources: list[str] = rule([], Rule(_names, "must be a list of source names"))
     # Mixture weights by source; empty means proportional to each source's tokens.
     weights: dict[str, float] = rule({}, weights())
     # A mixture file with phases (see `aquila data` docs); overrides ``weights`` when set.

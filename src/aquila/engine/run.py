@@ -176,8 +176,18 @@ def _run_tokenizer(cfg: TrainConfig, run_dir: Path) -> tuple[Tokenizer, bool]:
 
 
 def check_checkpoint_model(path: Path, cfg: TrainConfig) -> None:
-    """A resume's model section must be the checkpoint's own (every key, not just shapes)."""
+    """A resume's model section must be the checkpoint's own (every key, not just shapes), and
+    its ``train.max_steps`` at least the checkpoint's step."""
+    from aquila.checks import refuse
     from aquila.model.io import read_model_config
+
+    step = int(path.name.split("-")[-1])
+    if cfg.train.max_steps < step:
+        raise refuse(
+            "train.max_steps",
+            cfg.train.max_steps,
+            f"must be >= {step}, the step of {path.name} this run resumes from",
+        )
 
     saved = read_model_config(path).to_dict()
     want = cfg.model.to_dict()
