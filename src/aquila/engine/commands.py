@@ -126,11 +126,29 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _train(args: argparse.Namespace) -> int:
     from aquila.engine.distributed import shutdown_distributed
+    from aquila.errors import ReportedError
 
-    code = _train_run(args)
+    try:
+        code = _train_run(args)
+    except ReportedError:
+        _leave_process_group()
+        raise
     # Only after a normal end: a rank that raised must not wait in a barrier for the others.
     shutdown_distributed()
     return code
+
+
+def _leave_process_group() -> None:
+    """A rank ending with a reported error (every rank raises it alike: a refused lock, a bad
+    key, a failed save) leaves the group without a barrier; exiting with it alive can abort in
+    the communication threads' teardown and turn the exit code into SIGABRT."""
+    import contextlib
+
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        with contextlib.suppress(Exception):
+            dist.destroy_process_group()
 
 
 def _train_run(args: argparse.Namespace) -> int:
