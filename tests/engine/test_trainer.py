@@ -225,3 +225,17 @@ def test_moe_model_trains_with_router_losses(make_config):
     assert float(moe_aux_loss(run.trainer.model)) > 0
     used = expert_utilisation(run.trainer.model)
     assert len(used) == run.trainer.model.cfg.n_layers and all(sum(layer) > 0 for layer in used)
+
+
+def test_grad_clip_zero_turns_clipping_off(make_config, tmp_path):
+    """optim.grad_clip = 0 trains as without any clipping (the norm is still measured); it
+    used to scale every gradient by zero."""
+    off, loose, tight = Record(), Record(), Record()
+    for rec, clip, name in ((off, 0, "off"), (loose, 1e9, "loose"), (tight, 1e-3, "tight")):
+        prepare_run(
+            make_config(f"optim.grad_clip={clip}", "train.max_steps=3", run_dir=tmp_path / name),
+            callbacks=[rec],
+            quiet=True,
+        ).trainer.fit()
+    assert off.losses == loose.losses
+    assert off.losses[3] < off.losses[1] and off.losses[3] != tight.losses[3]
