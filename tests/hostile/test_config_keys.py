@@ -142,6 +142,8 @@ def test_run_dir_that_is_a_file(train_args, tmp_path, capsys):
     path.write_text("mine")
     assert main(train_args(path)) == 2
     assert "exists and is not a directory" in one_line(capsys.readouterr().err)
+    assert main(train_args(path / "run")) == 2
+    assert f"cannot create run directory {path / 'run'}" in one_line(capsys.readouterr().err)
     assert path.read_text() == "mine"
 
 

@@ -155,12 +155,16 @@ def _busy(run_dir: Path, info: dict[str, Any]) -> str:
 
 
 def acquire_run_lock(run_dir: Path, dist: DistInfo) -> RunLock | None:
-    """Rank 0 takes the lock; in a multi-process run every rank raises if it was refused.
-    Returns the lock on rank 0, None elsewhere."""
+    """Rank 0 creates the run directory and takes its lock; in a multi-process run every rank
+    raises if that failed. Returns the lock on rank 0, None elsewhere."""
     lock: RunLock | None = None
     refusal: str | None = None
     if dist.rank == 0:
         try:
+            try:
+                Path(run_dir).mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise UserError(f"cannot create run directory {run_dir}: {exc.strerror}") from None
             lock = RunLock(run_dir).acquire()
         except UserError as exc:
             if dist.world <= 1:

@@ -372,11 +372,6 @@ def prepare_run(
 
     # 2. Take the run directory: its lock (rank 0, for the whole job), then clear what an
     #    interrupted save or prune left. The config is written when training starts.
-    if dist.rank == 0:
-        try:
-            run_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise UserError(f"cannot create run directory {run_dir}: {exc.strerror}") from None
     started = time.time()  # commands for a running training queued before this are stale
     lock = acquire_run_lock(run_dir, dist)
     try:
