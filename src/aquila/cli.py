@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-from aquila.errors import UserError
+from aquila.errors import EXIT_INTERRUPTED, ReportedError
 
 COMMAND_MODULES = [
     "aquila.model.commands",
@@ -53,12 +53,18 @@ def main(argv: list[str] | None = None) -> int:
             parser.parse_args([args.command, "--help"])
     try:
         return int(args.func(args) or 0)
-    except UserError as exc:
-        print(f"aquila: error: {exc}", file=sys.stderr)
-        return 2
+    except ReportedError as exc:
+        print(f"aquila: error: {_one_line(exc)}", file=sys.stderr)
+        return exc.exit_code
     except KeyboardInterrupt:
         print("aquila: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
+
+
+def _one_line(exc: Exception) -> str:
+    # A message quoting a file's content or a library's error may hold newlines.
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return " ".join(lines) or type(exc).__name__
 
 
 if __name__ == "__main__":

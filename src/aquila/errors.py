@@ -1,11 +1,53 @@
-"""User-facing errors: a mistake in input becomes one clear line and exit code 2."""
+"""Errors the CLI reports in one line, each with the exit code scripts can test for.
+
+Exit codes of every `aquila` command:
+
+====  ===============================================================================
+0     success (a training that completed, reached ``train.max_seconds`` or was stopped by
+      ``aquila control RUN_DIR stop``)
+1     an unexpected failure (a bug: the traceback is printed)
+2     bad input: a file, an option or a config key (:class:`UserError`)
+3     the training was stopped by the monitor (non-finite values, divergence, a ``stop``
+      policy, rewinds exhausted)
+4     a checkpoint could not be written (:class:`SaveFailed`); the latest checkpoint is intact
+5     the run directory is in use by another training (:class:`RunDirBusy`)
+130   interrupted (Ctrl-C or SIGTERM; a training saves a checkpoint first)
+====  ===============================================================================
+"""
+
+EXIT_OK = 0
+EXIT_BUG = 1
+EXIT_USAGE = 2
+EXIT_MONITOR_STOP = 3
+EXIT_SAVE_FAILED = 4
+EXIT_RUN_BUSY = 5
+EXIT_INTERRUPTED = 130
 
 
-class UserError(Exception):
-    """An error caused by the user's input (a file, an option, a config key).
+class ReportedError(Exception):
+    """An error the CLI prints as a single line, without a traceback, exiting with
+    ``exit_code``."""
 
-    The CLI prints it as a single line, without a traceback, and exits with code 2.
-    """
+    exit_code = EXIT_BUG
+
+
+class UserError(ReportedError):
+    """An error caused by the user's input (a file, an option, a config key): exit code 2."""
+
+    exit_code = EXIT_USAGE
+
+
+class RunDirBusy(UserError):
+    """The run directory's lock is held by another training: exit code 5."""
+
+    exit_code = EXIT_RUN_BUSY
+
+
+class SaveFailed(ReportedError):
+    """A checkpoint could not be written; nothing partial was left and the previous checkpoint
+    is still the latest: exit code 4."""
+
+    exit_code = EXIT_SAVE_FAILED
 
 
 def require(condition: bool, message: str) -> None:

@@ -32,7 +32,7 @@ def test_saved_config_round_trips(tmp_path):
         ("optim.lrr=1", "unknown config key optim.lrr; valid keys in [optim]: beta1"),
         ("model.layers=3", "unknown config key model.layers; valid keys in [model]: preset"),
         ("trian.max_steps=3", "unknown config section 'trian'"),
-        ("train.max_steps=abc", "config key train.max_steps: expected int"),
+        ("train.max_steps=abc", "config key train.max_steps = 'abc': expected an integer"),
         ("model.preset='nope'", "unknown preset 'nope'; known presets: aquila2-7b"),
     ],
 )

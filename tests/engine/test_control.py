@@ -46,6 +46,7 @@ def test_parse_weights():
 
 def test_cli_validates_up_front(make_config, capsys):
     run = prepare_run(make_config("train.max_steps=1"), quiet=True)
+    run.trainer.fit()  # the run's config is written once it trains
     d = str(run.run_dir)
     cases = [
         (["control", d + "-nope", "stop"], "not a run directory"),

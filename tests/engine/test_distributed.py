@@ -184,7 +184,7 @@ def test_layout_must_divide_the_world(make_config, tmp_path):
     # One process ignores the layout: a run saved with one resumes anywhere.
     single = DistInfo()
     assert parallel_plan(cfg, single).world == 1 and single.tp == 1
-    with pytest.raises(UserError, match="must be >= 1"):
+    with pytest.raises(UserError, match="train.tp = 0: must be an integer >= 1"):
         parallel_plan(make_config("train.tp=0"), DistInfo(rank=0, world=2))
 
 

@@ -11,7 +11,7 @@ from aquila.cli import main
 from aquila.engine.callbacks import Callback
 from aquila.engine.checkpoint import list_checkpoints
 from aquila.engine.run import prepare_run
-from aquila.errors import UserError
+from aquila.errors import SaveFailed, UserError
 
 
 class Record(Callback):
@@ -114,8 +114,8 @@ def test_disk_full_during_save_keeps_last_checkpoint(make_config, monkeypatch):
 
     monkeypatch.setattr(torch, "save", failing_save)
     with pytest.raises(
-        UserError,
-        match="disk full while saving checkpoint .*step-00000006.*last good checkpoint is .*step-00000003",
+        SaveFailed,
+        match="step-00000006 was not saved: disk full .*latest checkpoint is still .*step-00000003",
     ):
         run.trainer.fit()
     ckpts = list_checkpoints(run.run_dir)
@@ -225,3 +225,17 @@ def test_moe_model_trains_with_router_losses(make_config):
     assert float(moe_aux_loss(run.trainer.model)) > 0
     used = expert_utilisation(run.trainer.model)
     assert len(used) == run.trainer.model.cfg.n_layers and all(sum(layer) > 0 for layer in used)
+
+
+def test_grad_clip_zero_turns_clipping_off(make_config, tmp_path):
+    """optim.grad_clip = 0 trains as without any clipping (the norm is still measured); it
+    used to scale every gradient by zero."""
+    off, loose, tight = Record(), Record(), Record()
+    for rec, clip, name in ((off, 0, "off"), (loose, 1e9, "loose"), (tight, 1e-3, "tight")):
+        prepare_run(
+            make_config(f"optim.grad_clip={clip}", "train.max_steps=3", run_dir=tmp_path / name),
+            callbacks=[rec],
+            quiet=True,
+        ).trainer.fit()
+    assert off.losses == loose.losses
+    assert off.losses[3] < off.losses[1] and off.losses[3] != tight.losses[3]

@@ -65,16 +65,22 @@ def test_control_queue_turns_the_policy_off_and_on(mix_config, mixture_file, at_
 
 
 def test_auto_mixture_without_policy_is_rejected(mix_config, capsys):
+    from aquila.engine.callbacks import Callback
     from aquila.engine.rundb import RunDB
 
-    run = prepare_run(mix_config("train.max_steps=4"), quiet=True)
-    assert cli(["control", str(run.run_dir), "auto-mixture", "on"]) == 2
-    assert "no mixture policy" in capsys.readouterr().err
-    # Queued behind the CLI's back, the trainer rejects it and changes nothing.
-    db = RunDB(run.run_dir)
-    db.enqueue("auto-mixture", on=True)
+    class AfterFirstStep(Callback):  # the run's config exists once it trains
+        def on_step(self, trainer, metrics):
+            if metrics["step"] == 1:
+                self.rc = cli(["control", str(trainer.run_dir), "auto-mixture", "on"])
+                # Queued behind the CLI's back, the trainer rejects it and changes nothing.
+                RunDB(trainer.run_dir).enqueue("auto-mixture", on=True)
+
+    probe = AfterFirstStep()
+    run = prepare_run(mix_config("train.max_steps=4"), callbacks=[probe], quiet=True)
     run.trainer.fit()
-    (cmd,) = db.commands()
+    assert probe.rc == 2
+    assert "no mixture policy" in capsys.readouterr().err
+    (cmd,) = RunDB(run.run_dir).commands()
     assert cmd["status"] == "rejected" and "no mixture policy" in cmd["reason"]
 
 

@@ -72,5 +72,11 @@ def test_kv_cache_decoding_matches_full_forward():
 def test_bad_shapes_are_clear_errors():
     from aquila.errors import UserError
 
-    with pytest.raises(UserError, match="n_heads 6 must be a multiple of n_kv_heads 4"):
+    with pytest.raises(UserError, match=r"model.n_kv_heads = 4: must divide model.n_heads \(6\)"):
         get_preset("aquila-test", n_heads=6, n_kv_heads=4, hidden_size=96)
+    with pytest.raises(UserError, match="model.hidden_size = 0: must be an integer >= 1"):
+        get_preset("aquila-test", hidden_size=0)
+    with pytest.raises(UserError, match=r"model.top_k = 5: must be <= model.n_experts \(4\)"):
+        get_preset("aquila-moe-test", top_k=5)
+    with pytest.raises(UserError, match="model.norm_eps = nan: must be a finite number > 0"):
+        get_preset("aquila-test", norm_eps=float("nan"))

@@ -48,7 +48,15 @@ def register(sub: argparse._SubParsersAction) -> None:
             "examples:\n"
             "  aquila train\n"
             "  aquila train --config cfg.toml --set optim.lr=3e-4 --set train.max_steps=500\n"
-            "  aquila train --resume runs/run-20260101-120000 --set train.max_steps=2000"
+            "  aquila train --resume runs/run-20260101-120000 --set train.max_steps=2000\n"
+            "\n"
+            "exit codes: 0 completed (or its time limit, or `aquila control RUN_DIR stop`); "
+            "2 bad input;\n"
+            "  3 stopped by the monitor (non-finite values, divergence); 4 a checkpoint could "
+            "not be\n"
+            "  written (train.on_save_error); 5 the run directory is in use by another "
+            "training;\n"
+            "  130 interrupted (a checkpoint was written)"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -118,11 +126,29 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _train(args: argparse.Namespace) -> int:
     from aquila.engine.distributed import shutdown_distributed
+    from aquila.errors import ReportedError
 
-    code = _train_run(args)
+    try:
+        code = _train_run(args)
+    except ReportedError:
+        _leave_process_group()
+        raise
     # Only after a normal end: a rank that raised must not wait in a barrier for the others.
     shutdown_distributed()
     return code
+
+
+def _leave_process_group() -> None:
+    """A rank ending with a reported error (every rank raises it alike: a refused lock, a bad
+    key, a failed save) leaves the group without a barrier; exiting with it alive can abort in
+    the communication threads' teardown and turn the exit code into SIGABRT."""
+    import contextlib
+
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        with contextlib.suppress(Exception):
+            dist.destroy_process_group()
 
 
 def _train_run(args: argparse.Namespace) -> int:
@@ -187,9 +213,20 @@ def _train_run(args: argparse.Namespace) -> int:
             args.json,
         )
     summary["seconds"] = round(time.perf_counter() - started, 2)
+    code = _exit_code(trainer, reason)
+    summary["exit_code"] = code
     if args.json and trainer.is_main:
         print(json.dumps(summary, ensure_ascii=False))
-    return 130 if reason == "interrupted" else 0
+    return code
+
+
+def _exit_code(trainer, reason: str) -> int:
+    """0 only for a run that ended as asked: completed, its time limit, a `stop` command."""
+    from aquila.errors import EXIT_INTERRUPTED, EXIT_MONITOR_STOP, EXIT_OK
+
+    if trainer.stopped_by_anomaly:
+        return EXIT_MONITOR_STOP
+    return EXIT_INTERRUPTED if reason == "interrupted" else EXIT_OK
 
 
 def _final_report(prepared, json_mode: bool) -> dict:

@@ -11,6 +11,7 @@ from typing import Any
 
 import tomli_w
 
+from aquila.checks import Rule, check_fields, coerce, integer, number, one_of, refuse, rule, weights
 from aquila.errors import UserError
 from aquila.model.config import ModelConfig, get_preset
 
@@ -20,68 +21,89 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 
+def _names(value: Any) -> bool:
+    return all(isinstance(s, str) and s for s in value)
+
+
 @dataclass
 class DataConfig:
     """Where batches come from. An empty ``dir`` means the bundled bilingual sample corpus."""
 
     dir: str = ""
     # Sources to train on (default: every source in ``dir``).
-    sources: list[str] = field(default_factory=list)
+    sources: list[str] = rule([], Rule(_names, "must be a list of source names"))
     # Mixture weights by source; empty means proportional to each source's tokens.
-    weights: dict[str, float] = field(default_factory=dict)
+    weights: dict[str, float] = rule({}, weights())
     # A mixture file with phases (see `aquila data` docs); overrides ``weights`` when set.
     mixture: str = ""
-    seq_len: int = 256
-    seed: int = 1234
+    seq_len: int = rule(256, integer(at_least=1))
+    seed: int = rule(1234, integer(at_least=0))
     # Held-out text for the bits-per-byte report: a directory of .txt/.jsonl files per language
     # ("en/", "zh/", ...); empty means the sample corpus' held-out split.
     heldout: str = ""
+
+    def validate(self, section: str = "data") -> None:
+        check_fields(self, section)
 
 
 @dataclass
 class OptimConfig:
     """AdamW with warmup and cosine decay to a floor (Aquila2: 1.5e-4 -> 1.5e-5)."""
 
-    lr: float = 1.5e-4
-    min_lr: float = 1.5e-5
-    beta1: float = 0.9
-    beta2: float = 0.95
-    eps: float = 1e-8
-    weight_decay: float = 0.1
-    grad_clip: float = 1.0
-    warmup_steps: int = 100
+    lr: float = rule(1.5e-4, number(above=0))
+    # The floor of the cosine decay; at most ``lr``.
+    min_lr: float = rule(1.5e-5, number(at_least=0))
+    beta1: float = rule(0.9, number(at_least=0, below=1))
+    beta2: float = rule(0.95, number(at_least=0, below=1))
+    eps: float = rule(1e-8, number(above=0))
+    weight_decay: float = rule(0.1, number(at_least=0))
+    # Clip the global gradient norm to this; 0 turns clipping off (the norm is still logged).
+    grad_clip: float = rule(1.0, number(at_least=0))
+    warmup_steps: int = rule(100, integer(at_least=0))
     # "cosine" or "constant" (after warmup).
-    schedule: str = "cosine"
+    schedule: str = rule("cosine", one_of("cosine", "constant"))
+
+    def validate(self, section: str = "optim") -> None:
+        check_fields(self, section)
+        if self.min_lr > self.lr:
+            raise refuse(f"{section}.min_lr", self.min_lr, f"must be <= {section}.lr ({self.lr})")
 
 
 @dataclass
 class TrainSection:
-    max_steps: int = 1000
+    max_steps: int = rule(1000, integer(at_least=1))
     # Sequences per optimizer step across all ranks.
-    batch_size: int = 32
+    batch_size: int = rule(32, integer(at_least=1))
     # Sequences per forward/backward on one rank; batch_size / (micro_batch * world) steps are
     # accumulated. 0 means no accumulation.
-    micro_batch_size: int = 0
+    micro_batch_size: int = rule(0, integer(at_least=0))
     # Batch-size ramp-up (Aquila2 started at 32 sequences and grew in steps of 32): the batch grows
     # from ``ramp_start`` by ``ramp_increment`` every ``ramp_steps`` steps. 0 disables it.
-    ramp_start: int = 0
-    ramp_increment: int = 0
-    ramp_steps: int = 0
+    ramp_start: int = rule(0, integer(at_least=0))
+    ramp_increment: int = rule(0, integer(at_least=0))
+    ramp_steps: int = rule(0, integer(at_least=0))
     # Stop after this many seconds of training (0: no limit); the run ends with a checkpoint.
-    max_seconds: float = 0.0
-    device: str = "auto"
+    max_seconds: float = rule(0.0, number(at_least=0))
+    # "auto" (CUDA when available), "cpu", "cuda", "cuda:N", ...
+    device: str = rule("auto", Rule(lambda v: _is_device(v), "must be 'auto' or a torch device"))
     # "auto": bf16 autocast on CUDA, fp32 on CPU. Or "float32" / "bfloat16".
-    dtype: str = "auto"
+    dtype: str = rule("auto", one_of("auto", "float32", "fp32", "bfloat16", "bf16"))
     compile: bool = False
     activation_checkpointing: bool = False
-    seed: int = 0
-    log_every: int = 10
-    checkpoint_every: int = 200
-    keep_last: int = 2
+    seed: int = rule(0, integer(at_least=0))
+    log_every: int = rule(10, integer(at_least=1))
+    # A checkpoint every this many steps (0: only at the end of the run).
+    checkpoint_every: int = rule(200, integer(at_least=0))
+    # Checkpoints kept (the newest); the latest complete one is never removed.
+    keep_last: int = rule(2, integer(at_least=1))
     # Also keep every checkpoint whose step is a multiple of this (0: none beyond keep_last).
-    keep_every: int = 0
+    keep_every: int = rule(0, integer(at_least=0))
+    # When a checkpoint cannot be written (disk full, a writer error): "stop" the run (exit code
+    # 4) or "continue" training and try again at the next checkpoint. Either way nothing partial
+    # is left and the previous checkpoint stays the latest.
+    on_save_error: str = rule("stop", one_of("stop", "continue"))
     # Worker threads for the CPU math (0: torch's default).
-    threads: int = 0
+    threads: int = rule(0, integer(at_least=0))
     # Under FSDP with gradient accumulation: reduce-scatter gradients after every micro-batch
     # (sharded gradient memory) instead of once after the last (less communication).
     fsdp_sync_each_micro_batch: bool = False
@@ -89,8 +111,8 @@ class TrainSection:
     # block's matmuls (tensor parallel, same batch); ``replicate`` > 1 shards parameters within
     # groups of world / (replicate x tp) ranks and replicates them across groups (HSDP). The
     # remaining factor is FSDP2 sharding. A resume may change both: checkpoints reshard.
-    tp: int = 1
-    replicate: int = 1
+    tp: int = rule(1, integer(at_least=1))
+    replicate: int = rule(1, integer(at_least=1))
     # Write checkpoints in the background: training stops only to copy the state to host memory
     # (one more copy of weights and optimizer state there), the files are written while it
     # continues. A checkpoint still appears only once complete; the last one is written in full
@@ -100,6 +122,61 @@ class TrainSection:
     # one written by `aquila grow` / `aquila upcycle`. The model section and the tokenizer come
     # from it; optimizer and schedule start fresh at step 0. A resume ignores it.
     init_from: str = ""
+
+    def validate(self, section: str = "train") -> None:
+        check_fields(self, section)
+        if self.micro_batch_size > self.batch_size:
+            raise refuse(
+                f"{section}.micro_batch_size",
+                self.micro_batch_size,
+                f"must be <= {section}.batch_size ({self.batch_size}); 0: no accumulation",
+            )
+        ramp = (self.ramp_start, self.ramp_increment, self.ramp_steps)
+        if any(ramp) and not all(ramp):
+            raise refuse(
+                f"{section}.ramp_start/ramp_increment/ramp_steps",
+                list(ramp),
+                "a batch ramp needs all three > 0 (all 0: no ramp)",
+            )
+        if self.ramp_start > self.batch_size:
+            raise refuse(
+                f"{section}.ramp_start",
+                self.ramp_start,
+                f"must be <= {section}.batch_size ({self.batch_size})",
+            )
+
+    def check_world(self, dp_world: int, section: str = "train") -> None:
+        """Relations with the number of data-parallel replicas (known when the run starts)."""
+        if dp_world <= 1:
+            return
+        for key in ("batch_size", "ramp_start", "ramp_increment"):
+            value = getattr(self, key)
+            if value % dp_world:
+                raise refuse(
+                    f"{section}.{key}",
+                    value,
+                    f"must be a multiple of the {dp_world} data-parallel replicas "
+                    f"(processes / train.tp)",
+                )
+        local = self.batch_size // dp_world
+        if self.micro_batch_size > local:
+            raise refuse(
+                f"{section}.micro_batch_size",
+                self.micro_batch_size,
+                f"must be <= the per-replica batch {local} (train.batch_size / {dp_world})",
+            )
+
+
+def _is_device(name: Any) -> bool:
+    if name == "auto":
+        return True
+    import torch
+
+    try:
+        torch.device(name)
+    except (RuntimeError, TypeError, ValueError):
+        return False
+    return True
 
 
 @dataclass
@@ -116,6 +193,24 @@ class TrainConfig:
     monitor: dict[str, Any] = field(default_factory=dict)
     run_dir: str = ""
 
+    def validate_sections(self) -> None:
+        """Every key of every section against its rule, and the relations inside a section."""
+        self.model.validate()
+        self.data.validate()
+        self.optim.validate()
+        self.train.validate()
+
+    def validate(self) -> None:
+        """Everything a run's config can be checked for without its files: the sections and
+        the relations between them."""
+        self.validate_sections()
+        if self.data.seq_len > self.model.max_seq_len:
+            raise refuse(
+                "data.seq_len",
+                self.data.seq_len,
+                f"must be <= model.max_seq_len ({self.model.max_seq_len})",
+            )
+
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out["model"] = {"preset": self.preset, **{k: v for k, v in out["model"].items() if v != {}}}
@@ -123,7 +218,10 @@ class TrainConfig:
         return out
 
     def save(self, path: Path) -> None:
-        path.write_text(tomli_w.dumps(_drop_empty(self.to_dict())))
+        """Write the config atomically: a reader (or a kill) never meets half a file."""
+        from aquila.model.io import save_file_atomic
+
+        save_file_atomic(path, tomli_w.dumps(_drop_empty(self.to_dict())).encode("utf-8"))
 
 
 SECTIONS = {"data": DataConfig, "optim": OptimConfig, "train": TrainSection}
@@ -140,21 +238,12 @@ def _drop_empty(d: dict[str, Any]) -> dict[str, Any]:
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
-    origin = typing.get_origin(tp)
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if tp in (int, float, str, bool):
-        if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
-            raise UserError(f"config key {key}: expected {tp.__name__}, got {value!r}")
-        return value
-    if origin is list:
-        if not isinstance(value, list):
-            raise UserError(f"config key {key}: expected a list, got {value!r}")
-        return value
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise UserError(f"config key {key}: expected a table, got {value!r}")
-        return {k: float(v) for k, v in value.items()} if key.endswith("weights") else value
+    value = coerce(value, tp, key)
+    if typing.get_origin(tp) is dict and key.endswith("weights"):
+        try:
+            return {k: float(v) for k, v in value.items()}
+        except (TypeError, ValueError):
+            raise refuse(key, value, "expected a table of source = number") from None
     return value
 
 
@@ -172,6 +261,8 @@ def _apply_section(obj: Any, values: dict[str, Any], section: str) -> None:
 def config_from_dict(raw: dict[str, Any]) -> TrainConfig:
     cfg = TrainConfig()
     raw = dict(raw)
+    if not isinstance(raw.get("model", {}), dict):
+        raise UserError("config section [model] must be a table")
     model_raw = dict(raw.pop("model", {}))
     preset = model_raw.pop("preset", cfg.preset)
     base = get_preset(preset).to_dict()
@@ -204,6 +295,7 @@ def config_from_dict(raw: dict[str, Any]) -> TrainConfig:
                 f"unknown config section {section!r}; valid: model, monitor, "
                 f"{', '.join(sorted([*SECTIONS, *TOP_LEVEL]))}"
             )
+    cfg.validate_sections()
     return cfg
 
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from aquila.checks import check_value, number
 from aquila.engine.callbacks import Callback
 from aquila.errors import UserError
 
@@ -44,7 +45,13 @@ KINDS = (
 )
 # Commands that change what later steps compute; only these are re-applied after a resume.
 REPLAYED = {"set-mixture", "set-lr", "set-phase", "add-source", "auto-mixture"}
+# Commands for the training running now: one queued while none ran is refused by the CLI and,
+# queued behind its back, rejected by the next training rather than stopping it at once.
+TRANSIENT = {"pause", "resume", "checkpoint-now", "stop"}
 MAX_LR = 1.0
+LR_VALUE = number(above=0, at_most=MAX_LR)
+LR_SCALE = number(above=0)
+SOURCE_WEIGHT = number(at_least=0, below=1)
 
 
 class Rejected(Exception):
@@ -93,22 +100,22 @@ def check_weights(weights: dict[str, float]) -> None:
 def check_lr(args: dict[str, Any]) -> None:
     if ("value" in args) == ("scale" in args):
         raise UserError("set-lr takes a VALUE or --scale F, not both or neither")
-    for key in ("value", "scale"):
-        if key in args:
-            v = args[key]
-            if not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
-                raise UserError(f"set-lr {key} must be a finite number > 0, got {v!r}")
-            if key == "value" and v > MAX_LR:
-                raise UserError(f"set-lr value {v} is above {MAX_LR}: surely a typo")
+    if "value" in args:
+        check_value("set-lr VALUE", args["value"], LR_VALUE, what="argument")
+    else:
+        check_value("set-lr --scale", args["scale"], LR_SCALE, what="argument")
 
 
 @dataclass
 class RunContext:
     """What a run directory says about valid commands: its sources and mixture phases."""
 
-    available_sources: list[str] | None  # in the data dir (None: unknown, e.g. sample corpus)
+    available_sources: list[str] | None  # in the data dir (or the sample corpus); None: unknown
     phases: list[str]
     has_policy: bool = False  # an online mixture policy steers the run
+    # The sources the training has open (``data.sources``, or all available): a mixture names
+    # only these; add-source opens another.
+    loaded_sources: list[str] | None = None
 
     @classmethod
     def from_run_dir(cls, run_dir: Path) -> RunContext:
@@ -120,10 +127,15 @@ class RunContext:
             raise UserError(f"{run_dir}: not a run directory (no {CONFIG_FILE})")
         cfg = load_config(path)
         available = None
-        if cfg.data.dir and Path(cfg.data.dir).is_dir():
+        if not cfg.data.dir:
+            from aquila.data.samples import SOURCE_NAMES
+
+            available = list(SOURCE_NAMES)
+        elif Path(cfg.data.dir).is_dir():
             from aquila.data.shards import available_sources
 
             available = available_sources(Path(cfg.data.dir))
+        loaded = list(cfg.data.sources) or available
         phases, has_policy = [], False
         if cfg.data.mixture:
             from aquila.data.mixture import load_mixture
@@ -131,7 +143,7 @@ class RunContext:
 
             phases = [p.name for p in load_mixture(cfg.data.mixture).phases]
             has_policy = load_policy_config(cfg.data.mixture) is not None
-        return cls(available, phases, has_policy)
+        return cls(available, phases, has_policy, loaded)
 
 
 def validate(kind: str, args: dict[str, Any], ctx: RunContext | None = None) -> None:
@@ -139,14 +151,15 @@ def validate(kind: str, args: dict[str, Any], ctx: RunContext | None = None) -> 
     if kind not in KINDS:
         raise UserError(f"unknown command {kind!r}; known: {', '.join(KINDS)}")
     known = set(ctx.available_sources) if ctx and ctx.available_sources is not None else None
+    loaded = set(ctx.loaded_sources) if ctx and ctx.loaded_sources is not None else known
     if kind == "set-mixture":
         check_weights(args.get("weights") or {})
-        if known is not None:
-            unknown = sorted(set(args["weights"]) - known)
+        if loaded is not None:
+            unknown = sorted(set(args["weights"]) - loaded)
             if unknown:
-                raise UserError(
-                    f"unknown source(s) {unknown}; the run's data dir has {sorted(known)}"
-                )
+                where = "the run's sources are" if loaded == known else "the run trains on"
+                hint = "; add one with add-source" if loaded != known else ""
+                raise UserError(f"unknown source(s) {unknown}; {where} {sorted(loaded)}{hint}")
     elif kind == "set-lr":
         check_lr(args)
     elif kind == "set-phase":
@@ -158,9 +171,7 @@ def validate(kind: str, args: dict[str, Any], ctx: RunContext | None = None) -> 
             raise UserError(
                 f"source {args.get('name')!r} is not in the run's data dir; have {sorted(known)}"
             )
-        w = args.get("weight", 0.0)
-        if not isinstance(w, (int, float)) or not 0 <= w < 1:
-            raise UserError(f"add-source --weight must be in [0, 1), got {w!r}")
+        check_value("add-source --weight", args.get("weight", 0.0), SOURCE_WEIGHT, what="argument")
     elif kind == "auto-mixture":
         if not isinstance(args.get("on"), bool):
             raise UserError(f"auto-mixture takes on or off, got {args.get('on')!r}")
@@ -187,11 +198,15 @@ class ControlCallback(Callback):
         db: RunDB | None = None,
         poll_seconds: float = 0.5,
         mixture: str = "",
+        since: float | None = None,
     ):
+        """``since``: when this training took the run directory; a pause, stop or
+        checkpoint-now queued before then was meant for no training now running."""
         self.run_dir = Path(run_dir)
         self._db = db
         self.poll_seconds = poll_seconds
         self.mixture = mixture
+        self.since = since
         self.paused = False
         self._phases: list[tuple[int, str, dict[str, float]]] = []
         self._replay: list[dict[str, Any]] = []
@@ -229,7 +244,13 @@ class ControlCallback(Callback):
             step = trainer.state.step
             decided = [c for c in self._replay if c["applied_step"] <= step]
             self._replay = [c for c in self._replay if c["applied_step"] > step]
-            decided += [{**c, "origin": "queue"} for c in self.db.pending()]
+            for c in self.db.pending():
+                if c["kind"] in TRANSIENT and self.since is not None and c["created"] < self.since:
+                    self.db.resolve(
+                        c["id"], "rejected", step, "queued while no training was running"
+                    )
+                    continue
+                decided.append({**c, "origin": "queue"})
         decided = broadcast(decided, trainer)
         for cmd in decided:
             self._apply_one(trainer, cmd)
@@ -289,7 +310,7 @@ class ControlCallback(Callback):
         elif kind == "resume":
             self.paused = False
         elif kind == "checkpoint-now":
-            trainer.save()
+            trainer.try_save()
         elif kind == "stop":
             self.paused = False
             trainer.request_stop("stopped by command", checkpoint=True)

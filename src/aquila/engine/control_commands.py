@@ -124,16 +124,26 @@ def _args_of(ns: argparse.Namespace) -> tuple[str, dict]:
 
 
 def _control(ns: argparse.Namespace) -> int:
-    from aquila.engine.control import RunContext, validate
+    from aquila.checks import check_value, number
+    from aquila.engine.control import TRANSIENT, RunContext, validate
+    from aquila.engine.lock import running_trainer
     from aquila.engine.rundb import RunDB
+    from aquila.errors import UserError
 
     run_dir = Path(ns.run_dir)
     ctx = RunContext.from_run_dir(run_dir)  # UserError if not a run dir
-    db = RunDB(run_dir)
     if ns.action == "status":
-        return _status(db, ns.json)
+        return _status(RunDB(run_dir), ns.json)
+    if ns.wait:
+        check_value("--timeout", ns.timeout, number(at_least=0), what="argument")
     kind, args = _args_of(ns)
     validate(kind, args, ctx)
+    if kind in TRANSIENT and running_trainer(run_dir) is None:
+        raise UserError(
+            f"no training is running in {run_dir}: {kind} is for a running training (queued "
+            "now, it would meet the next resume)"
+        )
+    db = RunDB(run_dir)
     cid = db.enqueue(kind, **args)
     out = {"id": cid, "kind": kind, "args": args, "status": "pending"}
     if not ns.wait:

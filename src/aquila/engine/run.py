@@ -20,7 +20,7 @@ from aquila.engine.callbacks import (
     ProgressReporter,
     TimeLimit,
 )
-from aquila.engine.checkpoint import latest_checkpoint
+from aquila.engine.checkpoint import latest_checkpoint, list_checkpoints
 from aquila.engine.config import TrainConfig, load_config
 from aquila.engine.data import TrainData, open_train_data
 from aquila.engine.device import pick_device
@@ -159,10 +159,11 @@ def _check_init_tokenizer(init: InitSource, tokenizer: Tokenizer, cfg: TrainConf
         )
 
 
-def _prepare_tokenizer(cfg: TrainConfig, run_dir: Path) -> Tokenizer:
+def _run_tokenizer(cfg: TrainConfig, run_dir: Path) -> tuple[Tokenizer, bool]:
+    """The run's tokenizer, and whether it still has to be copied into the run dir."""
     run_tok = run_dir / "tokenizer"
     if (run_tok / "tokenizer.json").is_file():
-        return Tokenizer.load(run_tok)
+        return Tokenizer.load(run_tok), False
     if cfg.tokenizer:
         src = Path(cfg.tokenizer)
     elif not cfg.data.dir:
@@ -171,9 +172,60 @@ def _prepare_tokenizer(cfg: TrainConfig, run_dir: Path) -> Tokenizer:
         src = default_tokenizer(cache_dir(), vocab_size=cfg.model.vocab_size - 8)
     else:
         raise UserError("tokenizer is required when data.dir is set: --set tokenizer=DIR")
-    tok = Tokenizer.load(src)
-    tok.save(run_tok)
-    return tok
+    return Tokenizer.load(src), True
+
+
+def check_checkpoint_model(path: Path, cfg: TrainConfig) -> None:
+    """A resume's model section must be the checkpoint's own (every key, not just shapes), and
+    its ``train.max_steps`` at least the checkpoint's step."""
+    from aquila.checks import refuse
+    from aquila.model.io import read_model_config
+
+    step = int(path.name.split("-")[-1])
+    if cfg.train.max_steps < step:
+        raise refuse(
+            "train.max_steps",
+            cfg.train.max_steps,
+            f"must be >= {step}, the step of {path.name} this run resumes from",
+        )
+
+    saved = read_model_config(path).to_dict()
+    want = cfg.model.to_dict()
+    diff = [f"{k}={v} (config says {want.get(k)})" for k, v in saved.items() if want.get(k) != v]
+    if diff:
+        raise UserError(
+            f"checkpoint {path} is for another model shape: {', '.join(diff)}; a resume keeps "
+            "the run's model section"
+        )
+
+
+def check_device(name: str) -> None:
+    """``train.device`` names a device this machine has."""
+    from aquila.checks import refuse
+
+    device = pick_device(name)
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if device.index is not None and device.index >= count or count == 0:
+            raise refuse("train.device", name, f"this machine has {count} CUDA device(s)")
+
+
+def check_heldout(path: str) -> None:
+    """``data.heldout``: a directory of ``<lang>/`` sub-directories holding documents, found
+    now rather than when the run has trained."""
+    from aquila.checks import refuse
+    from aquila.data.readers import iter_documents
+
+    allowed = "must be a directory of <lang>/ sub-directories of .txt/.jsonl files"
+    root = Path(path)
+    if not root.is_dir():
+        raise refuse("data.heldout", path, allowed + " (no such directory)")
+    subs = sorted(p for p in root.iterdir() if p.is_dir())
+    if not subs:
+        raise refuse("data.heldout", path, allowed + " (it has no sub-directory)")
+    for sub in subs:
+        if next(iter_documents(sub), None) is None:
+            raise refuse("data.heldout", path, allowed + f" ({sub.name}/ holds no document)")
 
 
 def sample_shards(tokenizer: Tokenizer, show_progress: bool = True) -> Path:
@@ -244,21 +296,32 @@ def prepare_run(
         from aquila.engine.distributed import init_distributed
 
         dist = init_distributed()  # torchrun's RANK/WORLD_SIZE, or one process
+    from aquila.engine.lock import RunOwner, acquire_run_lock, refuse_if_running
+
+    # 1. The config, checked completely (keys, relations, world, checkpoint, files it names)
+    #    before anything in the run directory changes.
     resumed_from = None
     init: InitSource | None = None
     if resume:
         run_dir = Path(resume)
         if not (run_dir / CONFIG_FILE).is_file():
             raise UserError(f"--resume {run_dir}: not a run directory (no {CONFIG_FILE})")
+        refuse_if_running(run_dir)
         cfg = load_config(run_dir / CONFIG_FILE, overrides)
         resumed_from = latest_checkpoint(run_dir)
         if resumed_from is None:
             raise UserError(
                 f"--resume {run_dir}: no complete checkpoint in {run_dir / 'checkpoints'}"
             )
+        from aquila.engine.rundb import check_run_db
+
+        check_run_db(run_dir)
     else:
         cfg = cfg or load_config(None, overrides)
         run_dir = Path(cfg.run_dir) if cfg.run_dir else new_run_dir()
+        if run_dir.exists() and not run_dir.is_dir():
+            raise UserError(f"run_dir {run_dir} exists and is not a directory")
+        refuse_if_running(run_dir)
         if latest_checkpoint(run_dir) is not None:
             raise UserError(
                 f"run directory {run_dir} already has checkpoints: continue it with "
@@ -269,15 +332,21 @@ def prepare_run(
             # The saved config names the exact weights (a run dir resolves to one step dir).
             cfg.train.init_from = str(init.model_dir)
     cfg.run_dir = str(run_dir)
+    cfg.validate()
     plan = parallel_plan(cfg, dist)
+    cfg.train.check_world(dist.dp_world)
+    check_device(cfg.train.device)
+    if resumed_from is not None:
+        check_checkpoint_model(resumed_from, cfg)
+    if cfg.data.heldout:
+        check_heldout(cfg.data.heldout)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    run_dir.mkdir(parents=True, exist_ok=True)
     if dist.world > 1 and dist.rank != 0:
         from aquila.engine.distributed import barrier
 
-        barrier()  # rank 0 writes the run's tokenizer and any cached shards first
-    tokenizer = _prepare_tokenizer(cfg, run_dir)
+        barrier()  # rank 0 writes any cached tokenizer and sample shards first
+    tokenizer, copy_tokenizer_in = _run_tokenizer(cfg, run_dir)
     if init is not None:
         _check_init_tokenizer(init, tokenizer, cfg)
     if cfg.model.vocab_size < tokenizer.vocab_size:
@@ -300,12 +369,63 @@ def prepare_run(
     )
     if cfg.data.mixture and not resume:
         _apply_mixture_file(cfg, data)
-    if cfg.data.seq_len > cfg.model.max_seq_len:
-        raise UserError(
-            f"data.seq_len {cfg.data.seq_len} exceeds model.max_seq_len {cfg.model.max_seq_len}"
+
+    # 2. Take the run directory: its lock (rank 0, for the whole job), then clear what an
+    #    interrupted save or prune left. The config is written when training starts.
+    started = time.time()  # commands for a running training queued before this are stale
+    lock = acquire_run_lock(run_dir, dist)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if dist.rank == 0:
+            from aquila.engine.checkpoint import remove_stale_temps
+
+            remove_stale_temps(run_dir)
+            if copy_tokenizer_in:
+                tokenizer.save(run_dir / "tokenizer")
+        if resume:
+            latest = latest_checkpoint(run_dir)
+            if latest != resumed_from and latest is not None:
+                check_checkpoint_model(latest, cfg)  # written while this run waited
+                resumed_from = latest
+        prepared = _assemble(
+            cfg,
+            run_dir,
+            tokenizer,
+            data,
+            plan,
+            dist,
+            init,
+            resumed_from,
+            callbacks,
+            progress,
+            quiet,
+            monitor,
+            started,
         )
-    if dist.rank == 0:
-        cfg.save(run_dir / CONFIG_FILE)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+    prepared.trainer.callbacks.append(RunOwner(lock, lambda: cfg.save(run_dir / CONFIG_FILE)))
+    return prepared
+
+
+def _assemble(
+    cfg: TrainConfig,
+    run_dir: Path,
+    tokenizer: Tokenizer,
+    data: TrainData,
+    plan: ParallelPlan,
+    dist: DistInfo,
+    init: InitSource | None,
+    resumed_from: Path | None,
+    callbacks: list[Callback] | None,
+    progress: bool | None,
+    quiet: bool,
+    monitor: bool,
+    started: float,
+) -> PreparedRun:
+    """The model, its callbacks and the trainer, resumed or initialised."""
     device = pick_device(cfg.train.device)
     torch.manual_seed(cfg.train.seed)
     if init is not None:
@@ -321,7 +441,7 @@ def prepare_run(
         cbs.append(TimeLimit(cfg.train.max_seconds))
     from aquila.engine.control import ControlCallback
 
-    cbs.append(ControlCallback(run_dir, mixture=cfg.data.mixture))
+    cbs.append(ControlCallback(run_dir, mixture=cfg.data.mixture, since=started))
     if not quiet:
         cbs.append(ProgressReporter(cfg.train.max_steps, use_bar=progress))
     if monitor:
@@ -339,7 +459,15 @@ def prepare_run(
     trainer.register_state("data", data)
     extra: dict[str, Any] = {}
     if resumed_from is not None:
-        trainer.resume_from(resumed_from)
+        try:
+            trainer.resume_from(resumed_from)
+        except UserError as exc:
+            earlier = [p for _, p in list_checkpoints(run_dir) if p != resumed_from]
+            if not earlier:
+                raise
+            raise UserError(
+                f"{exc}; to resume from {earlier[-1].name} instead, move {resumed_from} aside"
+            ) from None
     elif init is not None:
         extra["init_from"] = str(init.model_dir)
         if dist.rank == 0:

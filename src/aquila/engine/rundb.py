@@ -16,6 +16,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from aquila.errors import UserError
+
 DB_FILE = "run.sqlite"
 
 SCHEMA = """
@@ -53,6 +55,34 @@ CREATE TABLE IF NOT EXISTS evals (
 """
 
 
+def _unreadable(path: Path, exc: sqlite3.Error) -> UserError:
+    if "full" in str(exc):
+        return UserError(f"{path}: the run database cannot be written ({exc})")
+    return UserError(
+        f"{path}: the run database cannot be read ({exc}); move it aside (mv {path} "
+        f"{path}.broken) to go on without its metrics, events and commands"
+    )
+
+
+def check_run_db(run_dir: str | Path) -> None:
+    """Refuse a run database that exists but cannot be read, without changing it."""
+    path = Path(run_dir) / DB_FILE
+    if not path.exists() or (path.is_file() and path.stat().st_size == 0):
+        return  # none yet: the run starts one
+    try:
+        # immutable: no -shm/-wal files are created and nothing is locked (no training holds
+        # the run directory when a resume checks it); a WAL not yet folded in is not read.
+        con = sqlite3.connect(f"file:{path}?immutable=1", uri=True, timeout=30)
+        try:
+            row = con.execute("PRAGMA quick_check").fetchone()
+        finally:
+            con.close()
+    except sqlite3.Error as exc:
+        raise _unreadable(path, exc) from None
+    if row is None or row[0] != "ok":
+        raise _unreadable(path, sqlite3.DatabaseError(row[0] if row else "no answer"))
+
+
 class RunDB:
     def __init__(self, run_dir: str | Path):
         self.path = Path(run_dir) / DB_FILE
@@ -77,17 +107,24 @@ class RunDB:
                 return
             except sqlite3.OperationalError as exc:
                 if "locked" not in str(exc) or time.monotonic() > deadline:
-                    raise
+                    raise _unreadable(self.path, exc) from None
                 time.sleep(0.05)
+            except sqlite3.Error as exc:  # not a database, malformed, unreadable
+                raise _unreadable(self.path, exc) from None
 
     @contextmanager
     def connect(self) -> Iterator[sqlite3.Connection]:
-        con = sqlite3.connect(self.path, timeout=30)
+        try:
+            con = sqlite3.connect(self.path, timeout=30)
+        except sqlite3.Error as exc:
+            raise _unreadable(self.path, exc) from None
         try:
             con.execute("PRAGMA synchronous=NORMAL")
             con.row_factory = sqlite3.Row
             with con:
                 yield con
+        except sqlite3.Error as exc:  # a file corrupted (or a disk filled) while in use
+            raise _unreadable(self.path, exc) from None
         finally:
             con.close()
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import random
+import sys
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -17,11 +19,14 @@ from aquila.engine.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
     prune_checkpoints,
+    remove_stale_temps,
     save_checkpoint,
+    save_failure,
 )
 from aquila.engine.config import TrainConfig
 from aquila.engine.device import autocast_dtype, peak_flops, peak_memory_bytes
 from aquila.engine.optim import BatchRamp, LRSchedule, build_optimizer, set_lr
+from aquila.errors import SaveFailed
 from aquila.model.transformer import AquilaModel, flops_per_token
 
 if TYPE_CHECKING:
@@ -92,6 +97,7 @@ class Trainer:
         self.flops_per_token = flops_per_token(model.cfg, cfg.data.seq_len)
         self._stop_reason: str | None = None
         self._stop_checkpoint = False
+        self._stop_anomaly = False
         self._checkpoint_requested = False
         self._skip_reason: str | None = None
         self._extra_state: dict[str, Any] = {}
@@ -111,9 +117,16 @@ class Trainer:
     def is_main(self) -> bool:
         return self.dist.rank == 0
 
-    def request_stop(self, reason: str, checkpoint: bool = True) -> None:
+    def request_stop(self, reason: str, checkpoint: bool = True, anomaly: bool = False) -> None:
+        """End the run at the next boundary. ``anomaly``: the run stops because something went
+        wrong with it (the monitor's stop policy), which its exit code tells."""
         self._stop_reason = reason
         self._stop_checkpoint = checkpoint
+        self._stop_anomaly = anomaly
+
+    @property
+    def stopped_by_anomaly(self) -> bool:
+        return self._stop_reason is not None and self._stop_anomaly
 
     def skip_update(self, reason: str) -> None:
         """Drop this step's gradients: the batch counts as consumed but changes no weight."""
@@ -138,11 +151,11 @@ class Trainer:
     # -- the loop -----------------------------------------------------------------------------
     def fit(self) -> str:
         t = self.cfg.train
-        for cb in self.callbacks:
-            cb.on_start(self)
         reason = "completed"
         window_start, window_tokens = time.perf_counter(), 0
         try:
+            for cb in self.callbacks:
+                cb.on_start(self)
             while self.state.step < t.max_steps:
                 for cb in self.callbacks:
                     cb.before_step(self)
@@ -162,7 +175,7 @@ class Trainer:
                 self._poll_checkpoint()
                 due = t.checkpoint_every and self.state.step % t.checkpoint_every == 0
                 if due or self._checkpoint_requested:
-                    self.save()
+                    self.try_save()
             if self._stop_reason and reason == "completed":
                 reason = self._stop_reason
         except BaseException:
@@ -173,11 +186,20 @@ class Trainer:
                 with contextlib.suppress(Exception):
                     cb.on_end(self, "error")
             raise
-        self.wait_for_checkpoint()
-        if reason == "completed" or self._stop_checkpoint:
-            last = latest_checkpoint(self.run_dir)
-            if last is None or not last.name.endswith(f"{self.state.step:08d}"):
-                self.save(wait=True)
+        try:
+            try:
+                self.wait_for_checkpoint()
+            except SaveFailed as exc:
+                self._save_error(exc)  # "continue": the final checkpoint below is the retry
+            if reason == "completed" or self._stop_checkpoint:
+                last = latest_checkpoint(self.run_dir)
+                if last is None or not last.name.endswith(f"{self.state.step:08d}"):
+                    self.save(wait=True)  # the last state: a failure here ends the run
+        except BaseException:
+            for cb in self.callbacks:
+                with contextlib.suppress(Exception):
+                    cb.on_end(self, "error")
+            raise
         for cb in self.callbacks:
             cb.on_end(self, reason)
         return reason
@@ -295,14 +317,15 @@ class Trainer:
     def _clip_grads(self) -> torch.Tensor:
         """Clip to ``optim.grad_clip`` by the global gradient norm, which it returns."""
         params = [p for p in self.model.parameters() if p.grad is not None]
+        limit = self.cfg.optim.grad_clip or math.inf  # 0: no clipping, the norm is still measured
         if self.dist.world <= 1:
-            return torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.grad_clip)
+            return torch.nn.utils.clip_grad_norm_(params, limit)
         from aquila.engine.distributed import global_norm, local_tensors
 
         # Sharded, replicated and plain gradients on several meshes (FSDP2 + TP): the norm
         # counts each element once over all ranks.
         norm = global_norm([p.grad for p in params])
-        coef = torch.clamp(self.cfg.optim.grad_clip / (norm + 1e-6), max=1.0)
+        coef = torch.clamp(limit / (norm + 1e-6), max=1.0)
         torch._foreach_mul_(local_tensors([p.grad for p in params]), coef)
         return norm
 
@@ -388,37 +411,73 @@ class Trainer:
             if key in self._pending_extra:
                 obj.load_state_dict(self._pending_extra.pop(key))
 
+    def try_save(self, wait: bool = False) -> Path | None:
+        """``save``, following ``train.on_save_error`` when it fails: "stop" raises
+        :class:`SaveFailed`; "continue" says so in one line and goes on (the next checkpoint
+        is tried at the next interval). Collective in a multi-process run."""
+        try:
+            self.wait_for_checkpoint()  # a background write that failed does not skip this one
+        except SaveFailed as exc:
+            self._save_error(exc)
+        try:
+            return self.save(wait)
+        except SaveFailed as exc:
+            self._save_error(exc)
+            return None
+
+    def _save_error(self, exc: SaveFailed) -> None:
+        if self.cfg.train.on_save_error != "continue":
+            raise exc
+        self.record("save-failed", error=str(exc))
+        if self.is_main:
+            print(f"aquila: warning: {exc}; training goes on", file=sys.stderr, flush=True)
+
     def save(self, wait: bool = False) -> Path | None:
         """Checkpoint this step; returns its dir on rank 0. With ``train.async_checkpoint``
         (unless ``wait``) the files are written in the background and None is returned;
         ``on_checkpoint`` runs once the checkpoint is complete. Collective in a multi-process
-        run."""
+        run. A failed write (this one, or the background one before it) raises
+        :class:`SaveFailed` having removed what it left."""
         self._checkpoint_requested = False
         self.wait_for_checkpoint()
-        if self.cfg.train.async_checkpoint and not wait:
-            from aquila.engine.async_checkpoint import start_async_save
+        step = self.state.step
+        try:
+            if self.cfg.train.async_checkpoint and not wait:
+                from aquila.engine.async_checkpoint import start_async_save
 
-            if self.dist.world > 1 and self._checkpoint_group is None:
-                import torch.distributed as dist
+                if self.dist.world > 1 and self._checkpoint_group is None:
+                    import torch.distributed as dist
 
-                self._checkpoint_group = dist.new_group(backend="gloo")
-            self._pending_save = start_async_save(self, self._checkpoint_group)
-            return None
-        state = replace(self.state)
-        if self.dist.world > 1:
-            from aquila.engine.dcp import save_sharded
+                    self._checkpoint_group = dist.new_group(backend="gloo")
+                self._pending_save = start_async_save(self, self._checkpoint_group)
+                return None
+            state = replace(self.state)
+            if self.dist.world > 1:
+                from aquila.engine.dcp import save_sharded
 
-            path = save_sharded(self)  # collective: every rank writes its shards
-        elif self.is_main:
-            path = save_checkpoint(self.run_dir, self.state.step, self.model, self.state_dict())
-        else:
-            path = None
+                path = save_sharded(self)  # collective: every rank writes its shards
+            elif self.is_main:
+                path = save_checkpoint(self.run_dir, step, self.model, self.state_dict())
+            else:
+                path = None
+        except Exception as exc:
+            raise self._save_failed(exc, step) from exc
         self._saved(path, state)
         return path
 
+    def _save_failed(self, exc: Exception, step: int) -> SaveFailed:
+        """The one-line error of a failed write, once what it left is removed."""
+        if isinstance(exc, SaveFailed):
+            return exc
+        error = save_failure(exc, self.run_dir, step)
+        if self.is_main:  # the lock is held: every temporary dir is a failed save's
+            remove_stale_temps(self.run_dir)
+        return error
+
     def wait_for_checkpoint(self, collective: bool = True) -> None:
-        """Complete the checkpoint being written in the background, if any; raises if it
-        failed (on every rank: they agree first, unless ``collective`` is False)."""
+        """Complete the checkpoint being written in the background, if any; raises
+        :class:`SaveFailed` if it failed (on every rank: they agree first, unless
+        ``collective`` is False)."""
         pending, self._pending_save = self._pending_save, None
         if pending is None:
             return
@@ -431,16 +490,17 @@ class Trainer:
         if not ok:
             if not collective:
                 return
+            error = pending.error
             if pending.failed is not None:
-                raise pending.failed(pending.error) from pending.error
-            raise pending.error
+                error = pending.failed(pending.error)
+            raise self._save_failed(error or RuntimeError("a rank failed"), pending.state.step)
         if not pending.reported and collective:
             pending.reported = True
             self._saved(pending.path, pending.state)
 
     def _poll_checkpoint(self) -> None:
         """Report a background checkpoint that has completed (no collective: a rank's own
-        write). A failed one raises here in one process, at the next wait in several."""
+        write). A failed one is handled here in one process, at the next wait in several."""
         pending = self._pending_save
         if pending is None or pending.reported or not pending.done():
             return
@@ -448,7 +508,10 @@ class Trainer:
             pending.reported = True
             self._saved(pending.path, pending.state)
         elif self.dist.world == 1:
-            self.wait_for_checkpoint()
+            try:
+                self.wait_for_checkpoint()
+            except SaveFailed as exc:
+                self._save_error(exc)
 
     def _saved(self, path: Path | None, state: TrainState) -> None:
         if path is None:

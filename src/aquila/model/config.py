@@ -6,6 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from aquila.checks import check_fields, integer, number, refuse, rule
 from aquila.errors import UserError
 
 if TYPE_CHECKING:
@@ -21,21 +22,21 @@ AQUILA2_VOCAB = 100_008
 class ModelConfig:
     """Shape and numerics of an Aquila2 decoder (Llama architecture: RMSNorm, SwiGLU, RoPE, GQA)."""
 
-    vocab_size: int = AQUILA2_VOCAB
-    hidden_size: int = 4096
-    n_layers: int = 32
-    n_heads: int = 32
-    n_kv_heads: int = 32
-    ffn_size: int = 11008
-    max_seq_len: int = 2048
-    rope_base: float = 10000.0
+    vocab_size: int = rule(AQUILA2_VOCAB, integer(at_least=1))
+    hidden_size: int = rule(4096, integer(at_least=1))
+    n_layers: int = rule(32, integer(at_least=1))
+    n_heads: int = rule(32, integer(at_least=1))
+    n_kv_heads: int = rule(32, integer(at_least=1))
+    ffn_size: int = rule(11008, integer(at_least=1))
+    max_seq_len: int = rule(2048, integer(at_least=1))
+    rope_base: float = rule(10000.0, number(above=0))
     # Linear position interpolation for long context: positions are divided by this factor.
-    rope_scaling: float = 1.0
-    norm_eps: float = 1e-5
-    init_std: float = 0.02
+    rope_scaling: float = rule(1.0, number(at_least=1))
+    norm_eps: float = rule(1e-5, number(above=0))
+    init_std: float = rule(0.02, number(at_least=0))
     # Mixture of experts: 0 experts means a dense SwiGLU FFN in every layer.
-    n_experts: int = 0
-    top_k: int = 2
+    n_experts: int = rule(0, integer(at_least=0))
+    top_k: int = rule(2, integer(at_least=1))
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -46,29 +47,30 @@ class ModelConfig:
         return self.hidden_size // self.n_heads
 
     def validate(self) -> None:
-        checks = [
-            (
-                self.hidden_size > 0 and self.n_layers > 0,
-                "hidden_size and n_layers must be positive",
-            ),
-            (
-                self.n_heads > 0 and self.hidden_size % self.n_heads == 0,
-                f"hidden_size {self.hidden_size} must be divisible by n_heads {self.n_heads}",
-            ),
-            (
-                self.n_kv_heads > 0 and self.n_heads % self.n_kv_heads == 0,
-                f"n_heads {self.n_heads} must be a multiple of n_kv_heads {self.n_kv_heads}",
-            ),
-            (
-                self.head_dim % 2 == 0,
-                f"head_dim {self.head_dim} must be even for rotary embeddings",
-            ),
-            (self.vocab_size > 0 and self.ffn_size > 0, "vocab_size and ffn_size must be positive"),
-            (self.rope_scaling >= 1.0, "rope_scaling must be >= 1"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise UserError(f"invalid model config: {message}")
+        """Each key against its rule, then the relations between them; one line names the
+        first key that is wrong."""
+        check_fields(self, "model")
+        if self.hidden_size % self.n_heads:
+            raise refuse(
+                "model.n_heads", self.n_heads, f"must divide model.hidden_size ({self.hidden_size})"
+            )
+        if self.n_heads % self.n_kv_heads:
+            raise refuse(
+                "model.n_kv_heads", self.n_kv_heads, f"must divide model.n_heads ({self.n_heads})"
+            )
+        if self.head_dim % 2:
+            raise refuse(
+                "model.n_heads",
+                self.n_heads,
+                f"must leave an even head dim for rotary embeddings (hidden_size / n_heads = "
+                f"{self.head_dim})",
+            )
+        if self.n_experts and self.top_k > self.n_experts:
+            raise refuse(
+                "model.top_k", self.top_k, f"must be <= model.n_experts ({self.n_experts})"
+            )
+        if not isinstance(self.extra, dict):
+            raise refuse("model.extra", self.extra, "must be a table")
 
     def replace(self, **changes: Any) -> ModelConfig:
         return dataclasses.replace(self, **changes)

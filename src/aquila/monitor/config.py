@@ -7,6 +7,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
+from aquila.checks import check_fields, coerce, integer, number, one_of, rule
 from aquila.errors import UserError
 
 POLICIES = ("log", "skip", "rewind", "lower-lr", "stop")
@@ -20,48 +21,48 @@ class DetectorOptions:
     # "log" (event only), "skip" (drop the optimizer step; needs the loss every step, i.e. one
     # host sync per step), "rewind" (reload the last good checkpoint and skip the bad samples),
     # "lower-lr" (multiply the LR schedule by ``lr_factor``) or "stop" (end the run).
-    policy: str = "log"
-    lr_factor: float = 0.5
+    policy: str = rule("log", one_of(*POLICIES))
+    lr_factor: float = rule(0.5, number(above=0, below=1))
     # Steps to wait after an action before the same detector acts again.
-    cooldown: int = 50
+    cooldown: int = rule(50, integer(at_least=0))
 
 
 @dataclass
 class SpikeOptions(DetectorOptions):
     # OLMo-core's default: more than 6 standard deviations above a 128-step rolling window.
-    sigma: float = 6.0
-    window: int = 128
-    min_history: int = 20
+    sigma: float = rule(6.0, number(above=0))
+    window: int = rule(128, integer(at_least=2))
+    min_history: int = rule(20, integer(at_least=2))
     watch_grad_norm: bool = True
 
 
 @dataclass
 class PlateauOptions(DetectorOptions):
     # No relative improvement of the smoothed loss larger than ``min_delta`` for ``window`` steps.
-    window: int = 500
-    min_delta: float = 0.005
-    ema: float = 0.98
+    window: int = rule(500, integer(at_least=1))
+    min_delta: float = rule(0.005, number(at_least=0))
+    ema: float = rule(0.98, number(at_least=0, below=1))
 
 
 @dataclass
 class DivergenceOptions(DetectorOptions):
     # The smoothed loss rose more than ``rise`` (relative) above its minimum.
-    rise: float = 0.25
-    ema: float = 0.9
-    min_steps: int = 50
+    rise: float = rule(0.25, number(above=0))
+    ema: float = rule(0.9, number(at_least=0, below=1))
+    min_steps: int = rule(50, integer(at_least=0))
 
 
 @dataclass
 class EvalOptions:
     enabled: bool = True
     # Evaluate every n-th checkpoint (1: all of them).
-    every: int = 1
+    every: int = rule(1, integer(at_least=1))
     # Held-out bytes per source (keeps an evaluation to seconds on CPU).
-    max_bytes: int = 60_000
+    max_bytes: int = rule(60_000, integer(at_least=1))
     # Task names from ``aquila.eval`` (e.g. "hellaswag-zh"), when that registry is present.
     tasks: list[str] = field(default_factory=list)
-    task_limit: int = 50
-    threads: int = 1
+    task_limit: int = rule(50, integer(at_least=1))
+    threads: int = rule(1, integer(at_least=1))
     # Wait for running evaluations when training ends (so results land in the run database).
     wait_on_end: bool = True
 
@@ -74,7 +75,7 @@ class MonitorOptions:
     param_norm: bool = True
     trajectory: bool = True
     # After this many rewinds a "rewind" policy stops the run instead (it is not converging).
-    max_rewinds: int = 5
+    max_rewinds: int = rule(5, integer(at_least=0))
     nonfinite: DetectorOptions = field(
         default_factory=lambda: DetectorOptions(policy="rewind", cooldown=0)
     )
@@ -111,10 +112,8 @@ def _from_dict(tp: type, raw: dict[str, Any], where: str) -> Any:
             value = _from_dict(
                 hint, {**dataclasses.asdict(getattr(obj, key)), **value}, f"{where}.{key}"
             )
-        elif hint is float and isinstance(value, int):
-            value = float(value)
+        else:
+            value = coerce(value, hint, f"{where}.{key}")
         setattr(obj, key, value)
-    for f in dataclasses.fields(obj):
-        if f.name == "policy" and obj.policy not in POLICIES:
-            raise UserError(f"{where}.policy {obj.policy!r}: choose one of {', '.join(POLICIES)}")
+    check_fields(obj, where)
     return obj

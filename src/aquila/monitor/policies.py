@@ -199,14 +199,16 @@ class AnomalyMonitor(Callback):
             return "lower-lr"
         if policy == "stop":
             # Weights after a non-finite update are not worth saving.
-            trainer.request_stop(reason, checkpoint=finding.kind != "nonfinite")
+            trainer.request_stop(reason, checkpoint=finding.kind != "nonfinite", anomaly=True)
             return "stop"
         if policy == "rewind":
             done = self._rewind(trainer, rec, reason)
             if done:
                 finding.evidence["rewound_to"] = done
                 return "rewind"
-            trainer.request_stop(reason + " (no checkpoint to rewind to)", checkpoint=False)
+            trainer.request_stop(
+                reason + " (no checkpoint to rewind to)", checkpoint=False, anomaly=True
+            )
             return "stop"
         return "log"
 
