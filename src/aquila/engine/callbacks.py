@@ -30,6 +30,11 @@ class Callback:
         """After each optimizer step. On logging steps ``metrics`` holds plain numbers (loss,
         grad_norm, source_loss, tokens_per_s, ...); on other steps device tensors under ``_`` keys."""
 
+    def before_save(self, trainer: Trainer) -> None:
+        """On every rank as a checkpoint starts (a collective moment in a multi-process run):
+        the weights are the ones the checkpoint holds, even if it is written in the background
+        and ``on_checkpoint`` (rank 0 only) comes steps later."""
+
     def on_checkpoint(self, trainer: Trainer, path: Path) -> None: ...
 
     def on_end(self, trainer: Trainer, reason: str) -> None: ...

@@ -189,6 +189,22 @@ def local_tensors(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
     return [t.to_local() if hasattr(t, "to_local") else t for t in tensors]
 
 
+def replica_count(t: torch.Tensor, world: int) -> int:
+    """How many of the ``world`` ranks hold each element of ``t``: all of them for a plain
+    tensor; for a DTensor, the ranks of its replicated mesh dims times the copies of its mesh
+    (a sub-mesh of the world, such as the data-parallel one next to tensor parallelism)."""
+    if not hasattr(t, "device_mesh"):
+        return world
+    mesh = t.device_mesh
+    copies = world // mesh.size()
+    for dim, placement in enumerate(t.placements):
+        if placement.is_partial():
+            raise ValueError("a partial (unreduced) DTensor has no elements of its own yet")
+        if placement.is_replicate():
+            copies *= mesh.size(dim)
+    return copies
+
+
 def global_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
     """The L2 norm over all ranks of tensors that may be plain (the same on every rank) or
     DTensors on any mesh of the world or a sub-mesh, sharded or replicated. One all-reduce.
@@ -203,15 +219,8 @@ def global_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
     world = dist.get_world_size() if dist.is_initialized() else 1
     groups: dict[int, list[torch.Tensor]] = {}
     for t in tensors:
-        copies = world
+        copies = replica_count(t, world)
         if hasattr(t, "device_mesh"):
-            mesh = t.device_mesh
-            copies = world // mesh.size()
-            for dim, placement in enumerate(t.placements):
-                if placement.is_partial():
-                    raise ValueError("global_norm: a partial (unreduced) DTensor")
-                if placement.is_replicate():
-                    copies *= mesh.size(dim)
             t = t.to_local()
         groups.setdefault(copies, []).append(t.detach())
     device = tensors[0].device if tensors else torch.device("cpu")

@@ -395,6 +395,8 @@ class Trainer:
         run."""
         self._checkpoint_requested = False
         self.wait_for_checkpoint()
+        for cb in self.callbacks:
+            cb.before_save(self)
         if self.cfg.train.async_checkpoint and not wait:
             from aquila.engine.async_checkpoint import start_async_save
 
