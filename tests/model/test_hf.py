@@ -222,15 +222,18 @@ def test_import_names_a_wrong_shape(tmp_path: Path, make_model) -> None:
 
 
 def test_moe_delegates_to_mixtral_converter(tmp_path: Path, make_model, monkeypatch) -> None:
+    from aquila.model.hf import config_from_hf_llama, llama_recipes
+
     dense = make_model()
     calls = []
 
-    def from_hf_mixtral(config, state):
-        calls.append(sorted(state)[:1])
-        return dense
+    def mixtral_recipes(cfg, infos, source):
+        calls.append(sorted(infos)[:1])
+        return llama_recipes(config, infos, source)
 
     fake = types.ModuleType("aquila.model.hf_mixtral")
-    fake.from_hf_mixtral = from_hf_mixtral
+    fake.config_from_hf_mixtral = config_from_hf_llama
+    fake.mixtral_recipes = mixtral_recipes
     hf_dir = _export(tmp_path, dense)
     config = json.loads((hf_dir / "config.json").read_text())
     config["architectures"] = ["MixtralForCausalLM"]

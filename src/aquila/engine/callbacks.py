@@ -96,6 +96,8 @@ class ProgressReporter(Callback):
         )
         if metrics.get("mfu") is not None:
             info += f"  MFU {metrics['mfu']:.1%}"
+        if metrics.get("peak_memory"):
+            info += f"  mem {metrics['peak_memory'] / 1024**3:.2f} GiB"
         if self._progress is not None:
             self._progress.update(self._task, completed=metrics["step"], info=info)
         else:

@@ -300,7 +300,14 @@ def prepare_run(
         init_from=init.model_dir if init is not None else None,
         initialise=resumed_from is None,
     )
-    cbs: list[Callback] = [MetricsLog(run_dir / "metrics.jsonl"), GracefulInterrupt()]
+    from aquila.engine.memory import MemoryReport
+
+    # First: its on_start measures memory right after setup, before any callback allocates.
+    cbs: list[Callback] = [
+        MemoryReport(device, run_dir),
+        MetricsLog(run_dir / "metrics.jsonl"),
+        GracefulInterrupt(),
+    ]
     if cfg.train.max_seconds:
         cbs.append(TimeLimit(cfg.train.max_seconds))
     from aquila.engine.control import ControlCallback
