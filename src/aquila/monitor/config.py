@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
 from dataclasses import dataclass, field
 from typing import Any
@@ -64,6 +65,9 @@ class EvalOptions:
     threads: int = 1
     # Wait for running evaluations when training ends (so results land in the run database).
     wait_on_end: bool = True
+    # Where the evaluation process loads the checkpoint: "auto" is the training device (in the
+    # run's dtype, bf16 on CUDA by default); or "cpu", "cuda", "cuda:N".
+    device: str = "auto"
 
 
 @dataclass
@@ -117,4 +121,6 @@ def _from_dict(tp: type, raw: dict[str, Any], where: str) -> Any:
     for f in dataclasses.fields(obj):
         if f.name == "policy" and obj.policy not in POLICIES:
             raise UserError(f"{where}.policy {obj.policy!r}: choose one of {', '.join(POLICIES)}")
+    if isinstance(obj, EvalOptions) and not re.fullmatch(r"auto|cpu|cuda(:\d+)?", str(obj.device)):
+        raise UserError(f"{where}.device {obj.device!r}: choose auto, cpu, cuda or cuda:N")
     return obj
