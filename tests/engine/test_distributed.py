@@ -216,7 +216,8 @@ def test_sharded_checkpoint_with_optimizer_state_per_group_still_loads(make_conf
 
 
 def test_memory_plan_70b_fits_on_256_gpus():
-    from aquila.engine.distributed import memory_plan, meta_shard_check
+    from aquila.engine.distributed import meta_shard_check
+    from aquila.engine.memory import memory_plan
     from aquila.model.config import get_preset
 
     cfg = get_preset("aquila2-70b")

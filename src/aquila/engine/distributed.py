@@ -249,68 +249,6 @@ def barrier() -> None:
         dist.barrier()
 
 
-# -- memory planning ------------------------------------------------------------------------------
-GIB = 1024**3
-
-
-def memory_plan(
-    cfg,
-    gpus: int,
-    tp: int = 1,
-    replicate: int = 1,
-    seq_len: int | None = None,
-    micro_batch: int = 1,
-    activation_checkpointing: bool = True,
-) -> dict:
-    """Per-GPU bytes of an FSDP2 (+TP) layout, from parameter counts (nothing is allocated).
-
-    Sharded and kept: fp32 master weights, fp32 gradients, Adam m and v (16 bytes/param over the
-    shard group x tp). Transient: two blocks gathered in bf16 (the one computing and the one
-    prefetched) and one block's bf16 gradients before the reduce-scatter. Activations per layer
-    follow Korthikanti et al. (2022) with a fused attention kernel: 34 * s * b * h bytes in bf16,
-    divided by tp; activation checkpointing keeps only each block's input (2 * s * b * h) plus one
-    block's full activations while it is recomputed. Logits are fp32 (vocab / tp each).
-    """
-    plan = ParallelPlan(gpus, tp, replicate)
-    plan.check()
-    s = seq_len or cfg.max_seq_len
-    h, layers = cfg.hidden_size, cfg.n_layers
-    kv = cfg.n_kv_heads * cfg.head_dim
-    attn = h * (cfg.n_heads * cfg.head_dim) * 2 + h * kv * 2
-    ffn_mult = max(1, cfg.n_experts) if cfg.n_experts > 0 else 1
-    mlp = 3 * h * cfg.ffn_size * ffn_mult
-    block = attn + mlp + 2 * h
-    embed = cfg.vocab_size * h
-    total = layers * block + 2 * embed + h
-    tp_split = layers * (attn + mlp)  # linear weights split by TP; the rest is replicated
-    per_gpu_params = (tp_split / tp + (total - tp_split)) / plan.shard
-    states = 16 * per_gpu_params
-    gathered = 2 * 2 * block / tp + 2 * block / tp
-    tokens = s * micro_batch
-    full_layer = 34 * tokens * h / tp
-    # Checkpointing keeps each block's input, plus one block's activations while recomputing.
-    acts = layers * 2 * tokens * h + full_layer if activation_checkpointing else layers * full_layer
-    logits = 2 * 4 * tokens * cfg.vocab_size / tp
-    used = states + gathered + acts + logits
-    return {
-        "params": int(total),
-        "gpus": gpus,
-        "tp": tp,
-        "replicate": replicate,
-        "shard": plan.shard,
-        "seq_len": s,
-        "micro_batch": micro_batch,
-        "activation_checkpointing": activation_checkpointing,
-        "gib": {
-            "weights_grads_adam": states / GIB,
-            "gathered_blocks": gathered / GIB,
-            "activations": acts / GIB,
-            "logits": logits / GIB,
-            "total": used / GIB,
-        },
-    }
-
-
 def meta_shard_check(cfg, tp: int = 1) -> dict:
     """Build ``cfg`` on the meta device and run the real FSDP2 wrapping in a one-process gloo
     group: proves the code path for any size without allocating a parameter."""
