@@ -49,9 +49,20 @@ def peak_flops(device: torch.device) -> float | None:
 
 
 def max_rss_bytes() -> int:
-    """The process's maximum resident set size so far (Linux reports KiB, macOS bytes)."""
+    """The process's maximum resident set size so far.
+
+    On Linux the high-water mark of its own address space (``VmHWM``): ``getrusage``'s
+    ``ru_maxrss`` also keeps the size of the process it was forked from (a launcher, a test
+    runner) and would report that parent's size for a small child."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(peak if sys.platform == "darwin" else peak * 1024)
+    return int(peak if sys.platform == "darwin" else peak * 1024)  # macOS: bytes, Linux: KiB
 
 
 def peak_memory_bytes(device: torch.device) -> int:

@@ -123,11 +123,13 @@ def memory_plan(
     parameter counts; nothing is allocated.
 
     Sharded and kept: fp32 master weights, fp32 gradients, Adam m and v (16 bytes/param over
-    the shard group x tp). Transient under FSDP2 (more than one shard): two blocks gathered (the
-    one computing and the one prefetched) and one block's gradients before the reduce-scatter,
-    plus the root unit (embedding and output head), whose parameters stay gathered through the
-    forward and backward passes and whose gradients wait for the last reduce-scatter. On CUDA
-    these are bf16 (the mixed-precision policy), on CPU fp32. Activations: what backward keeps
+    the shard group x tp). Transient under FSDP2 (more than one shard), in block units: two
+    blocks gathered (the one computing and the one prefetched), the flat buffer the prefetch
+    all-gathers into before copying out to the parameters, one block's gradients and the flat
+    copy of them that is reduce-scattered: five. Plus the root unit (embedding and output head),
+    whose parameters stay gathered through the forward and backward passes and whose gradients
+    wait for the last reduce-scatter. On CUDA these are bf16 (the mixed-precision policy), on
+    CPU fp32. Activations: what backward keeps
     per token and layer, 10 * hidden + 4 * ffn elements (counted on the decoder block with
     autograd's saved tensors; fused attention keeps no scores), divided by tp; activation
     checkpointing keeps each block's input and one block's activations while it is recomputed.
@@ -154,7 +156,7 @@ def memory_plan(
     states = 16 * per_rank_params
     compute = 2 if device == "cuda" else 4  # bytes of gathered params, grads, activations
     if plan.shard > 1:
-        gathered = 3 * compute * block / tp
+        gathered = 5 * compute * block / tp
         root = 4 * compute * embed  # embedding + head gathered, and their gradients
     else:
         gathered = root = 0.0
