@@ -306,6 +306,18 @@ def test_init_from_resume_and_export_stay_sharded(make_config, tmp_path, tiny_to
     assert sorted(ckpts) == [2, 3]
     for path in ckpts.values():  # shards and the training state, no gathered weights
         assert is_sharded(path) and not (path / "model.safetensors").exists()
+    # The weight trajectory of both layouts, reduced across the ranks' shards as each save
+    # started, equals the statistics of the saved shards read back tensor by tensor.
+    from aquila.monitor import store
+    from aquila.monitor.trajectory import checkpoint_curves
+
+    rows = store.trajectory(store.open_db(out / "a"))
+    assert {r["step"] for r in rows} == {2, 3}
+    for step, path in ckpts.items():
+        curves = checkpoint_curves(path)
+        assert len(curves) == 9
+        for r in (r for r in rows if r["step"] == step):
+            assert r["curve"] == pytest.approx(curves[r["ptype"]], rel=1e-6), (step, r["ptype"])
     # Exported from the DCP shards, bit for bit the weights the two ranks trained.
     summary = export_hf(out / "a", tmp_path / "hf", max_shard_size="40KB")
     assert len(summary["files"]) > 1
