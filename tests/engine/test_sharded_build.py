@@ -328,3 +328,44 @@ def test_init_from_resume_and_export_stay_sharded(make_config, tmp_path, tiny_to
     assert set(exported) == {hf_name(n) for n in trained}
     for name, t in trained.items():
         assert torch.equal(exported[hf_name(name)], t), name
+
+
+def test_every_tool_reads_a_multi_process_checkpoint(make_config, tmp_path, capsys):
+    """A run whose latest checkpoint holds DCP shards and no model.safetensors (what a
+    multi-process run writes): info, generate, export, grow, upcycle and quantize read it
+    through the one loader, and get the weights it holds."""
+    import warnings
+
+    import torch.distributed.checkpoint as dcp
+    from safetensors.torch import load_file
+
+    from aquila.cli import main
+    from aquila.engine.run import prepare_run
+    from aquila.model.io import load_model_dir
+
+    cfg = make_config("train.max_steps=2", "train.checkpoint_every=2", run_dir=tmp_path / "r")
+    prepare_run(cfg, quiet=True, monitor=False).trainer.fit()
+    ckpt = dict(list_checkpoints(tmp_path / "r"))[2]
+    state = load_file(str(ckpt / "model.safetensors"))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.save({"model": state}, checkpoint_id=str(ckpt / "dcp"))
+    (ckpt / "model.safetensors").unlink()
+    run = str(tmp_path / "r")
+    loaded = load_model_dir(ckpt)
+    for name, t in state.items():
+        assert torch.equal(loaded.state_dict()[name], t), name
+
+    def ok(*argv: str) -> dict:
+        assert main([*argv, "--json"]) == 0, capsys.readouterr().err
+        return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+    assert ok("model", "info", run)["params"] == loaded.num_params()
+    assert ok("generate", run, "--prompt", "In the", "--greedy", "--max-new-tokens", "4")["tokens"]
+    assert ok("export", run, "--out", str(tmp_path / "hf"))["params"] == loaded.num_params()
+    grown = ok("grow", run, "--to", "layers=3", "--method", "fpi", "--out", str(tmp_path / "g"))
+    assert grown["config"]["n_layers"] == 3
+    moe = ok("upcycle", run, "--experts", "2", "--top-k", "1", "--out", str(tmp_path / "m"))
+    assert moe["config"]["n_experts"] == 2
+    q = ok("quantize", run, "--method", "rtn", "--group-size", "32", "--out", str(tmp_path / "q"))
+    assert q["disk_bytes"] < q["source_disk_bytes"]
