@@ -238,6 +238,8 @@ def test_memory_plan_70b_fits_on_256_gpus():
 
 def test_plan_cli(capsys):
     from aquila.cli import main
+    from aquila.engine.memory import memory_plan
+    from aquila.model.config import get_preset
 
     assert main(["plan", "aquila2-70b", "--gpus", "256", "--json"]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -245,3 +247,22 @@ def test_plan_cli(capsys):
     assert main(["plan", "aquila2-70b", "--gpus", "8", "--json"]) == 1
     assert main(["plan", "aquila2-70b", "--gpus", "256", "--tp", "3"]) == 2
     assert "not divisible" in capsys.readouterr().err
+    # On CPU: fp32 throughout and the process baseline, measured; shapes changed with --set.
+    shape = ["--set", "model.hidden_size=128", "--set", "model.n_layers=3"]
+    assert main(["plan", "aquila-test", "--procs", "2", "--device", "cpu", *shape, "--json"]) == 0
+    cpu = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert cpu["device"] == "cpu" and cpu["gib"]["baseline"] > 0.05
+    assert (
+        cpu["params"]
+        == get_preset("aquila-test", hidden_size=128, n_layers=3).build(device="meta").num_params()
+    )
+    gpu = memory_plan(get_preset("aquila-test", hidden_size=128, n_layers=3), 2)
+    assert cpu["gib"]["gathered_blocks"] == pytest.approx(2 * gpu["gib"]["gathered_blocks"])
+    for bad, message in (
+        (["--set", "train.max_steps=3"], "only model.KEY=VALUE"),
+        (["--set", "model.bogus=3"], "unknown config key model.bogus"),
+        (["--gpu-mem", "-1"], "--gpu-mem must be > 0"),
+    ):
+        assert main(["plan", "aquila-test", "--procs", "1", "--device", "cpu", *bad]) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1, err

@@ -317,3 +317,11 @@ def test_evaluator_reads_dcp_shards_on_its_device_in_the_runs_dtype(
     assert loads[-1] == ("cpu", torch.bfloat16)
     assert "bpb" in json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert main([*args, "--device", "cuda:7", "--quiet"]) == 2 or torch.cuda.is_available()
+
+
+def test_eval_device_is_validated():
+    from aquila.errors import UserError
+
+    assert MonitorOptions.from_any({"eval": {"device": "cuda:1"}}).eval.device == "cuda:1"
+    with pytest.raises(UserError, match="monitor.eval.device 'gpu'"):
+        MonitorOptions.from_any({"eval": {"device": "gpu"}})
