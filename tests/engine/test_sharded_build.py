@@ -14,6 +14,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -248,6 +249,10 @@ SHARDED_DRIVER = textwrap.dedent(
     cfg = load_config(config, [f"train.init_from='{sharded_dir}'", "train.tp=2",
                                "train.max_steps=2", f"run_dir='{out}/b'"])
     prepare_run(cfg, quiet=True, callbacks=[Losses("tp-init", stop_after=1)]).trainer.fit()
+    # 4. init_from a run dir whose latest checkpoint is DCP shards, into FSDP2.
+    cfg = load_config(config, [f"train.init_from='{out}/a'", "train.max_steps=2",
+                               f"run_dir='{out}/c'"])
+    prepare_run(cfg, quiet=True, callbacks=[Losses("dcp-init", stop_after=1)]).trainer.fit()
     shutdown_distributed()
     """
 )
@@ -298,9 +303,23 @@ def test_init_from_resume_and_export_stay_sharded(make_config, tmp_path, tiny_to
     rows = [json.loads(x) for x in (out / "losses.jsonl").read_text().splitlines()]
     got = {(name, step): loss for name, step, loss in rows}
     want = {("fsdp", 1): 1, ("fsdp", 2): 2, ("tp-resumed", 3): 3, ("tp-init", 1): 1}
-    assert sorted(got) == sorted(want)
+    assert sorted(got) == sorted([*want, ("dcp-init", 1)])
     for key, step in want.items():
         assert got[key] == pytest.approx(expected[step], rel=1e-5, abs=1e-6), (key, got, expected)
+    # From the two ranks' DCP checkpoint: the loss of its weights, which one process reading the
+    # same shards also starts from.
+    from aquila.model.io import load_model_dir
+
+    cfg = make_config(f"train.init_from='{out / 'a'}'", "train.max_steps=2", run_dir=tmp_path / "d")
+    first = StopAfterFirst()
+    run = prepare_run(cfg, quiet=True, monitor=False, callbacks=[first])
+    batch = run.data.read(np.arange(4, dtype=np.int64))
+    with torch.no_grad():
+        direct = load_model_dir(out / "a" / "checkpoints" / "step-00000003")
+        direct_loss = float(direct.token_losses(batch.inputs, batch.targets).mean())
+    run.trainer.fit()
+    assert first.loss == pytest.approx(direct_loss, abs=1e-5)
+    assert got[("dcp-init", 1)] == pytest.approx(first.loss, rel=1e-5, abs=1e-6)
 
     ckpts = dict(list_checkpoints(out / "a"))
     assert sorted(ckpts) == [2, 3]
