@@ -442,7 +442,10 @@ def weight_files(path: str | Path) -> list[Path]:
 
 
 def weights_bytes(path: str | Path) -> int:
-    """Bytes on disk of a model dir's weights (a DCP dir's optimizer state included)."""
+    """Bytes on disk of a model dir's weights; for DCP shards the model tensors' stored bytes
+    (the optimizer state beside them in the same files is not the model's)."""
+    if weight_layout(path) == "dcp":
+        return sum(i.nbytes() for i in DcpWeights(Path(path) / DCP_DIR).infos().values())
     return sum(p.stat().st_size for p in weight_files(path))
 
 
