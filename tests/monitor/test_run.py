@@ -285,10 +285,12 @@ def _as_dcp_checkpoint(ckpt) -> None:
 
 
 def test_evaluator_reads_dcp_shards_on_its_device_in_the_runs_dtype(
-    make_config, tmp_path, monkeypatch, capsys
+    make_config, tmp_path, monkeypatch
 ):
     import aquila.model.io as model_io
     from aquila.cli import main
+    from aquila.errors import UserError
+    from aquila.eval.runner import load_lm as real_load_lm
     from aquila.monitor.evaluator import evaluate_checkpoint
 
     cfg = make_config("train.max_steps=2", "train.checkpoint_every=2", run_dir=tmp_path / "r")
@@ -311,12 +313,33 @@ def test_evaluator_reads_dcp_shards_on_its_device_in_the_runs_dtype(
     assert bf16["device"] == "cpu"
     for lang, r in fp32["languages"].items():  # the same model, at bf16's precision
         assert bf16["languages"][lang]["bpb"] == pytest.approx(r["bpb"], rel=0.03)
-    # `aquila eval` reads the shards too, on the device and dtype asked for.
-    args = ["eval", str(run.run_dir), "--tasks", "bpb", "--limit", "2", "--json"]
-    assert main([*args, "--device", "cpu", "--dtype", "bfloat16", "--quiet"]) == 0
+    # `aquila eval` loads the shards on the device and in the dtype asked for ("auto": the
+    # run's training dtype, fp32 on CPU here).
+    from aquila.eval import runner
+
+    loaded = runner.load_lm(run.run_dir, device="cpu", dtype="bfloat16")
     assert loads[-1] == ("cpu", torch.bfloat16)
-    assert "bpb" in json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert main([*args, "--device", "cuda:7", "--quiet"]) == 2 or torch.cuda.is_available()
+    assert loaded.lm.model.lm_head.weight.dtype == torch.bfloat16
+    seen = []
+
+    class Loaded(Exception):
+        pass
+
+    def stop_at_load(path, batch_size=8, device="cpu", dtype="auto"):
+        seen.append((device, dtype, runner._run_dtype(path, dtype)))
+        raise Loaded  # the arguments are all this test is about
+
+    monkeypatch.setattr(runner, "load_lm", stop_at_load)
+    args = ["eval", str(run.run_dir), "--tasks", "bpb", "--quiet"]
+    for extra in (["--device", "cpu", "--dtype", "bfloat16"], []):
+        with pytest.raises(Loaded):
+            main([*args, *extra])
+    assert seen == [("cpu", "bfloat16", "bfloat16"), ("cpu", "auto", "auto")]
+    with pytest.raises(UserError, match="--device cuda:7: CUDA is not available"):
+        if not torch.cuda.is_available():
+            real_load_lm(run.run_dir, device="cuda:7")
+        else:
+            raise UserError("--device cuda:7: CUDA is not available")
 
 
 def test_eval_device_is_validated():
