@@ -97,8 +97,9 @@ def test_two_processes_match_one_process(make_config, tmp_path):
         assert rows[step][0]["g"] == list(range((step - 1) * 4, (step - 1) * 4 + 2))
         assert rows[step][1]["g"] == list(range((step - 1) * 4 + 2, step * 4))
     last = dict(list_checkpoints(t.b))[6]
-    assert is_sharded(last) and (last / "model.safetensors").is_file()
-    # The consolidated weights of the 2-process run equal the 1-process run's.
+    # Each rank's shards, no gathered copy of the weights.
+    assert is_sharded(last) and not (last / "model.safetensors").exists()
+    # The 2-process run's weights, read back from its shards, equal the 1-process run's.
     _same_weights(t.a, t.b, 6)
 
 
@@ -215,7 +216,8 @@ def test_sharded_checkpoint_with_optimizer_state_per_group_still_loads(make_conf
 
 
 def test_memory_plan_70b_fits_on_256_gpus():
-    from aquila.engine.distributed import memory_plan, meta_shard_check
+    from aquila.engine.distributed import meta_shard_check
+    from aquila.engine.memory import memory_plan
     from aquila.model.config import get_preset
 
     cfg = get_preset("aquila2-70b")
@@ -236,6 +238,8 @@ def test_memory_plan_70b_fits_on_256_gpus():
 
 def test_plan_cli(capsys):
     from aquila.cli import main
+    from aquila.engine.memory import memory_plan
+    from aquila.model.config import get_preset
 
     assert main(["plan", "aquila2-70b", "--gpus", "256", "--json"]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -243,3 +247,22 @@ def test_plan_cli(capsys):
     assert main(["plan", "aquila2-70b", "--gpus", "8", "--json"]) == 1
     assert main(["plan", "aquila2-70b", "--gpus", "256", "--tp", "3"]) == 2
     assert "not divisible" in capsys.readouterr().err
+    # On CPU: fp32 throughout and the process baseline, measured; shapes changed with --set.
+    shape = ["--set", "model.hidden_size=128", "--set", "model.n_layers=3"]
+    assert main(["plan", "aquila-test", "--procs", "2", "--device", "cpu", *shape, "--json"]) == 0
+    cpu = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert cpu["device"] == "cpu" and cpu["gib"]["baseline"] > 0.05
+    assert (
+        cpu["params"]
+        == get_preset("aquila-test", hidden_size=128, n_layers=3).build(device="meta").num_params()
+    )
+    gpu = memory_plan(get_preset("aquila-test", hidden_size=128, n_layers=3), 2)
+    assert cpu["gib"]["gathered_blocks"] == pytest.approx(2 * gpu["gib"]["gathered_blocks"])
+    for bad, message in (
+        (["--set", "train.max_steps=3"], "only model.KEY=VALUE"),
+        (["--set", "model.bogus=3"], "unknown config key model.bogus"),
+        (["--gpu-mem", "-1"], "--gpu-mem must be > 0"),
+    ):
+        assert main(["plan", "aquila-test", "--procs", "1", "--device", "cpu", *bad]) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1, err

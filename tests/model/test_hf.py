@@ -222,15 +222,18 @@ def test_import_names_a_wrong_shape(tmp_path: Path, make_model) -> None:
 
 
 def test_moe_delegates_to_mixtral_converter(tmp_path: Path, make_model, monkeypatch) -> None:
+    from aquila.model.hf import config_from_hf_llama, llama_recipes
+
     dense = make_model()
     calls = []
 
-    def from_hf_mixtral(config, state):
-        calls.append(sorted(state)[:1])
-        return dense
+    def mixtral_recipes(cfg, infos, source):
+        calls.append(sorted(infos)[:1])
+        return llama_recipes(config, infos, source)
 
     fake = types.ModuleType("aquila.model.hf_mixtral")
-    fake.from_hf_mixtral = from_hf_mixtral
+    fake.config_from_hf_mixtral = config_from_hf_llama
+    fake.mixtral_recipes = mixtral_recipes
     hf_dir = _export(tmp_path, dense)
     config = json.loads((hf_dir / "config.json").read_text())
     config["architectures"] = ["MixtralForCausalLM"]
@@ -261,3 +264,38 @@ def test_cli_export_import(tmp_path: Path, model_dir: Path, capsys) -> None:
     assert main(["export", str(model_dir), "--out", str(model_dir)]) == 2
     assert "would overwrite the source" in capsys.readouterr().err
     assert (model_dir / "model.json").is_file()
+
+
+def test_sharded_export_loads_in_transformers_and_imports_back(tmp_path: Path, make_model) -> None:
+    model = make_model(n_heads=8, n_kv_heads=2)
+    src = save_model_dir(model, tmp_path / "native")
+    summary = export_hf(src, tmp_path / "hf", max_shard_size="60KB")
+    files = summary["files"]
+    assert len(files) > 3 and files[-1] == f"model-{len(files):05d}-of-{len(files):05d}.safetensors"
+    assert sorted(p.name for p in (tmp_path / "hf").glob("*.safetensors")) == sorted(files)
+    index = json.loads((tmp_path / "hf" / "model.safetensors.index.json").read_text())
+    for f in files:  # at most the limit (plus the header), or one tensor larger than it
+        alone = sum(v == f for v in index["weight_map"].values()) == 1
+        assert alone or (tmp_path / "hf" / f).stat().st_size < 60_000 + 10_000, f
+    assert set(index["weight_map"].values()) == set(files)
+    assert index["metadata"]["total_size"] == 4 * model.num_params() == 4 * summary["params"]
+    hf = _hf_model(tmp_path / "hf")
+    tokens = _tokens(20)
+    with torch.no_grad():
+        torch.testing.assert_close(model(tokens), hf(tokens).logits, atol=1e-4, rtol=0)
+    # Imported back in shards of its own, bit for bit.
+    back = import_hf(tmp_path / "hf", tmp_path / "back", max_shard_size="100KB")
+    assert len(back["files"]) > 1 and back["params"] == model.num_params()
+    loaded = load_model_dir(tmp_path / "back")
+    for name, t in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], t), name
+
+
+def test_bad_shard_size_is_one_line_and_writes_nothing(tmp_path: Path, model_dir: Path, capsys):
+    for command in ("export", "import"):
+        out = tmp_path / command
+        code = main([command, str(model_dir), "--out", str(out), "--max-shard-size", "lots"])
+        assert code == 2
+        err = capsys.readouterr().err.strip()
+        assert "--max-shard-size" in err and len(err.splitlines()) == 1
+        assert not out.exists()

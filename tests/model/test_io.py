@@ -143,3 +143,88 @@ def test_save_file_atomic(tmp_path: Path) -> None:
     save_file_atomic(target, b"two")
     assert target.read_bytes() == b"two"
     assert [p.name for p in target.parent.iterdir()] == ["state.bin"]
+
+
+def _layouts(tmp_path: Path, model) -> dict[str, Path]:
+    """The same weights as one file, as Hugging Face-style shards, and as DCP shards."""
+    import warnings
+
+    import torch.distributed.checkpoint as dcp
+
+    from aquila.model.io import export_state_dict, plan_shards, write_model_config, write_shards
+
+    single = save_model_dir(model, tmp_path / "single")
+    state = export_state_dict(model)
+    sharded = tmp_path / "sharded"
+    sharded.mkdir()
+    write_model_config(model.cfg, sharded)
+    groups = plan_shards([(k, v.numel() * 4) for k, v in state.items()], 40_000)
+    summary = write_shards(sharded, groups, lambda names: {n: state[n] for n in names})
+    assert len(summary["files"]) == len(groups) > 3
+    assert summary["files"][0] == f"model-00001-of-{len(groups):05d}.safetensors"
+    index = json.loads((sharded / "model.safetensors.index.json").read_text())
+    assert set(index["weight_map"]) == set(state)
+    dist = tmp_path / "dcp"
+    dist.mkdir()
+    write_model_config(model.cfg, dist)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.save({"model": state}, checkpoint_id=str(dist / "dcp"))
+    return {"single": single, "sharded": sharded, "dcp": dist}
+
+
+def test_every_weight_layout_loads_alike(tmp_path: Path, tiny_model) -> None:
+    from aquila.model.io import weight_layout, weights_bytes
+    from aquila.monitor.trajectory import checkpoint_curves, model_curves
+
+    dirs = _layouts(tmp_path, tiny_model)
+    expected = tiny_model.state_dict()
+    for layout, path in dirs.items():
+        assert weight_layout(path) == layout
+        assert weights_bytes(path) >= 4 * tiny_model.num_params()
+        for dtype in (None, torch.bfloat16):
+            loaded = load_model_dir(path, dtype=dtype)
+            for name, t in expected.items():
+                want = t if dtype is None else t.to(dtype)
+                assert torch.equal(loaded.state_dict()[name], want), (layout, name)
+        # Weight statistics read any layout tensor by tensor.
+        assert checkpoint_curves(path) == model_curves(tiny_model), layout
+
+
+def test_damaged_sharded_dirs_are_named(tmp_path: Path, tiny_model) -> None:
+    dirs = _layouts(tmp_path, tiny_model)
+    index = dirs["sharded"] / "model.safetensors.index.json"
+    weight_map = json.loads(index.read_text())["weight_map"]
+    first = sorted(set(weight_map.values()))[0]
+    (dirs["sharded"] / first).unlink()
+    with pytest.raises(UserError, match=f"weight file .*{first} is missing"):
+        load_model_dir(dirs["sharded"])
+    name = next(iter(weight_map))
+    index.write_text(json.dumps({"weight_map": {**weight_map, name: "../elsewhere.safetensors"}}))
+    with pytest.raises(UserError, match="weight_map must map tensor names to file names"):
+        load_model_dir(dirs["sharded"])
+    index.write_text("{")
+    with pytest.raises(UserError, match="cannot read .*index.json"):
+        load_model_dir(dirs["sharded"])
+    (dirs["dcp"] / "dcp" / ".metadata").write_bytes(b"garbage")
+    with pytest.raises(UserError, match=r"cannot read .*\.metadata"):
+        load_model_dir(dirs["dcp"])
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [("5GB", 5 * 10**9), ("500MB", 5 * 10**8), ("2GiB", 2 * 2**30), ("1.5 kb", 1500), (123, 123)],
+)
+def test_sizes_parse_like_hugging_face(text, size) -> None:
+    from aquila.model.io import parse_size
+
+    assert parse_size(text) == size
+
+
+@pytest.mark.parametrize("text", ["", "GB", "-1GB", "0", "5XB", "five", "1e9"])
+def test_bad_sizes_are_refused(text) -> None:
+    from aquila.model.io import parse_size
+
+    with pytest.raises(UserError, match="size") as err:
+        parse_size(text)
+    assert "\n" not in str(err.value)

@@ -249,3 +249,102 @@ def test_eval_runs_in_a_separate_process(make_config, tmp_path):
     res = evals[-1]["data"]
     assert set(res["languages"]) == {"en", "zh"}
     assert 0 < res["languages"]["en"]["bpb"] < 8
+
+
+def test_eval_is_off_when_there_is_nothing_to_score(shard_dir, tiny_config, tmp_path):
+    # Token shards of its own and no data.heldout, no tasks: nothing to score, no process.
+    cfg = tiny_config(
+        shard_dir,
+        tmp_path / "r",
+        "train.batch_size=4",
+        "train.max_steps=2",
+        "train.checkpoint_every=1",
+    )
+    trigger = EvalTrigger(MonitorOptions().eval)
+    run = prepare_run(cfg, callbacks=[trigger], quiet=True, monitor=False)
+    run.trainer.fit()
+    assert trigger.launched == [] and trigger.proc is None
+    assert not (tmp_path / "r" / "logs").exists()
+    (event,) = store.open_db(run.run_dir).events("eval")
+    assert "nothing to score" in event["message"]
+
+
+def _as_dcp_checkpoint(ckpt) -> None:
+    """Turn a single-process checkpoint into the layout a multi-process run writes: the weights
+    as DCP shards, no model.safetensors."""
+    import warnings
+
+    import torch.distributed.checkpoint as dcp
+    from safetensors.torch import load_file
+
+    state = load_file(str(ckpt / "model.safetensors"))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.save({"model": state}, checkpoint_id=str(ckpt / "dcp"))
+    (ckpt / "model.safetensors").unlink()
+
+
+def test_evaluator_reads_dcp_shards_on_its_device_in_the_runs_dtype(
+    make_config, tmp_path, monkeypatch
+):
+    import aquila.model.io as model_io
+    from aquila.cli import main
+    from aquila.errors import UserError
+    from aquila.eval.runner import load_lm as real_load_lm
+    from aquila.monitor.evaluator import evaluate_checkpoint
+
+    cfg = make_config("train.max_steps=2", "train.checkpoint_every=2", run_dir=tmp_path / "r")
+    run = prepare_run(cfg, quiet=True, monitor=False)
+    run.trainer.fit()
+    ckpt = run.run_dir / "checkpoints" / "step-00000002"
+    fp32 = evaluate_checkpoint(run.run_dir, ckpt, 2, max_bytes=4000)["heldout-bpb"]
+    _as_dcp_checkpoint(ckpt)
+    loads = []
+    real = model_io.load_model_dir
+
+    def spy(path, device="cpu", dtype=None):
+        loads.append((str(device), dtype))
+        return real(path, device=device, dtype=dtype)
+
+    monkeypatch.setattr(model_io, "load_model_dir", spy)
+    res = evaluate_checkpoint(run.run_dir, ckpt, 2, max_bytes=4000, dtype="bfloat16")
+    assert loads == [("cpu", torch.bfloat16)]
+    bf16 = res["heldout-bpb"]
+    assert bf16["device"] == "cpu"
+    for lang, r in fp32["languages"].items():  # the same model, at bf16's precision
+        assert bf16["languages"][lang]["bpb"] == pytest.approx(r["bpb"], rel=0.03)
+    # `aquila eval` loads the shards on the device and in the dtype asked for ("auto": the
+    # run's training dtype, fp32 on CPU here).
+    from aquila.eval import runner
+
+    loaded = runner.load_lm(run.run_dir, device="cpu", dtype="bfloat16")
+    assert loads[-1] == ("cpu", torch.bfloat16)
+    assert loaded.lm.model.lm_head.weight.dtype == torch.bfloat16
+    seen = []
+
+    class Loaded(Exception):
+        pass
+
+    def stop_at_load(path, batch_size=8, device="cpu", dtype="auto"):
+        seen.append((device, dtype, runner._run_dtype(path, dtype)))
+        raise Loaded  # the arguments are all this test is about
+
+    monkeypatch.setattr(runner, "load_lm", stop_at_load)
+    args = ["eval", str(run.run_dir), "--tasks", "bpb", "--quiet"]
+    for extra in (["--device", "cpu", "--dtype", "bfloat16"], []):
+        with pytest.raises(Loaded):
+            main([*args, *extra])
+    assert seen == [("cpu", "bfloat16", "bfloat16"), ("cpu", "auto", "auto")]
+    with pytest.raises(UserError, match="--device cuda:7: CUDA is not available"):
+        if not torch.cuda.is_available():
+            real_load_lm(run.run_dir, device="cuda:7")
+        else:
+            raise UserError("--device cuda:7: CUDA is not available")
+
+
+def test_eval_device_is_validated():
+    from aquila.errors import UserError
+
+    assert MonitorOptions.from_any({"eval": {"device": "cuda:1"}}).eval.device == "cuda:1"
+    with pytest.raises(UserError, match="monitor.eval.device 'gpu'"):
+        MonitorOptions.from_any({"eval": {"device": "gpu"}})

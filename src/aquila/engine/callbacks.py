@@ -30,6 +30,11 @@ class Callback:
         """After each optimizer step. On logging steps ``metrics`` holds plain numbers (loss,
         grad_norm, source_loss, tokens_per_s, ...); on other steps device tensors under ``_`` keys."""
 
+    def before_save(self, trainer: Trainer) -> None:
+        """On every rank as a checkpoint starts (a collective moment in a multi-process run):
+        the weights are the ones the checkpoint holds, even if it is written in the background
+        and ``on_checkpoint`` (rank 0 only) comes steps later."""
+
     def on_checkpoint(self, trainer: Trainer, path: Path) -> None: ...
 
     def on_end(self, trainer: Trainer, reason: str) -> None: ...
@@ -91,6 +96,8 @@ class ProgressReporter(Callback):
         )
         if metrics.get("mfu") is not None:
             info += f"  MFU {metrics['mfu']:.1%}"
+        if metrics.get("peak_memory"):
+            info += f"  mem {metrics['peak_memory'] / 1024**3:.2f} GiB"
         if self._progress is not None:
             self._progress.update(self._task, completed=metrics["step"], info=info)
         else:

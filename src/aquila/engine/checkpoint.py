@@ -1,13 +1,15 @@
 """Checkpoints: a model dir plus the training state, renamed into place only when complete.
 
-``RUN_DIR/checkpoints/step-00000100/`` holds ``model.json`` + ``model.safetensors`` (a loadable
-model dir) and ``train_state.pt`` (optimizer, schedule, RNG, data position, history). It is
-written under a temporary name, fsynced and renamed, so a kill or a full disk at any moment
-leaves every earlier checkpoint intact and never exposes a half-written one. A save that fails
-removes what it wrote and raises :class:`SaveFailed` in one line. Pruning renames a checkpoint
-out of sight before deleting it, and never removes the latest; what a kill leaves behind
-(``.tmp-*``, ``.old-*``, ``.del-*``) is removed by :func:`remove_stale_temps` when the next
-training takes the run directory.
+``RUN_DIR/checkpoints/step-00000100/`` holds ``model.json`` + the weights (a loadable model dir)
+and ``train_state.pt`` (schedule, RNG, data position, history). A single-process run writes the
+weights as ``model.safetensors`` and the optimizer inside ``train_state.pt``; a multi-process run
+writes ``dcp/``, every rank its shards of both (``dcp.py``). Either is written under a temporary
+name, fsynced and renamed, so a kill or a full disk at any moment leaves every earlier
+checkpoint intact and never exposes a half-written one. A save that fails removes what it wrote
+and raises :class:`SaveFailed` in one line. Pruning renames a checkpoint out of sight before
+deleting it, and never removes the latest; what a kill leaves behind (``.tmp-*``, ``.old-*``,
+``.del-*``) is removed by :func:`remove_stale_temps` when the next training takes the run
+directory.
 """
 
 from __future__ import annotations
@@ -22,7 +24,14 @@ from typing import Any
 import torch
 
 from aquila.errors import SaveFailed, UserError
-from aquila.model.io import fsync_path, load_model_dir, step_dirs, write_model_files
+from aquila.model.io import (
+    fsync_path,
+    load_weights_into,
+    open_weights,
+    read_model_config,
+    step_dirs,
+    write_model_files,
+)
 
 STATE_FILE = "train_state.pt"
 
@@ -199,18 +208,14 @@ def load_checkpoint(path: Path, model: torch.nn.Module) -> dict[str, Any]:
     """Load weights into ``model`` (shapes must match) and return the training state."""
     if not (path / STATE_FILE).is_file():
         raise UserError(f"{path} is not a training checkpoint (no {STATE_FILE})")
-    loaded = load_model_dir(path, device="cpu")
-    if loaded.cfg.to_dict() != model.cfg.to_dict():
-        diff = {
-            k: (v, model.cfg.to_dict()[k])
-            for k, v in loaded.cfg.to_dict().items()
-            if model.cfg.to_dict().get(k) != v
-        }
+    saved, want = read_model_config(path).to_dict(), model.cfg.to_dict()
+    if saved != want:
+        diff = {k: (v, want[k]) for k, v in saved.items() if want.get(k) != v}
         raise UserError(
             f"checkpoint {path} is for another model shape: "
             + ", ".join(f"{k}={a} (config says {b})" for k, (a, b) in diff.items())
         )
-    model.load_state_dict(loaded.state_dict())
+    load_weights_into(model, open_weights(path))  # into the model's own storage, no copy
     try:
         return torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
     except Exception as exc:

@@ -190,6 +190,9 @@ def _train_run(args: argparse.Namespace) -> int:
         args.json,
     )
     reason = trainer.fit()
+    from aquila.engine.memory import memory_summary
+
+    memory = memory_summary(trainer)
     summary = {
         "run_dir": str(prepared.run_dir),
         "status": reason,
@@ -199,11 +202,20 @@ def _train_run(args: argparse.Namespace) -> int:
         "train_seconds": round(trainer.state.train_seconds, 2),
         "params": n_params,
     }
+    if memory is not None:
+        summary["memory"] = memory
     print_line(
         f"{reason} at step {trainer.state.step}: {trainer.state.tokens:,} tokens in "
         f"{trainer.state.train_seconds:.0f} s of training",
         args.json,
     )
+    if memory is not None:
+        where = "per rank, max over ranks" if trainer.dist.world > 1 else "this process"
+        print_line(
+            f"memory ({where}): {memory['after_setup_bytes'] / 1024**3:.2f} GiB after setup, "
+            f"{memory['peak_bytes'] / 1024**3:.2f} GiB peak",
+            args.json,
+        )
     distributed = trainer.dist.world > 1
     if not args.no_report and reason in ("completed", "time limit") and not distributed:
         summary.update(_final_report(prepared, args.json))

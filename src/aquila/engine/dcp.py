@@ -1,16 +1,15 @@
 """Reshardable checkpoints with torch.distributed.checkpoint (DCP) for multi-process runs.
 
-A distributed run's ``step-N/`` holds, besides the usual ``model.json`` + ``model.safetensors``
-(consolidated, for every tool that reads model dirs) and ``train_state.pt`` (schedule, RNG, data
-position, history; no optimizer), a ``dcp/`` directory: model and optimizer as each rank's
-shards plus DCP's metadata. DCP reshards on load, so the run resumes on any number of processes,
-one included. A single-process checkpoint (optimizer inside ``train_state.pt``) loads into a
-multi-process run too: its full tensors are scattered into the shards.
+A distributed run's ``step-N/`` holds ``model.json`` (the shape), ``train_state.pt`` (schedule,
+RNG, data position, history; no optimizer) and ``dcp/``: model and optimizer as each rank wrote
+its shards, plus DCP's metadata. No rank gathers the weights: a save costs each rank the write of
+its own shards. DCP reshards on load, so the run resumes on any number of processes and any
+layout, one process included; every tool that reads model dirs reads ``dcp/`` through
+``aquila.model.io.open_weights`` (tensor by tensor where it needs whole tensors). A
+single-process checkpoint (``model.safetensors``, optimizer inside ``train_state.pt``) loads into
+a multi-process run too: each rank reads its boxes of the weights and of the Adam moments.
 
-The consolidated weights cost one gather to rank 0 per checkpoint and the weights' size on disk
-once more; they keep evaluation, export and `aquila generate` working on any checkpoint without
-DCP. Everything is written under a temporary name and renamed when complete, as in
-``checkpoint.py``.
+Everything is written under a temporary name and renamed when complete, as in ``checkpoint.py``.
 """
 
 from __future__ import annotations
@@ -32,12 +31,10 @@ from aquila.engine.checkpoint import (
     latest_checkpoint,
 )
 from aquila.errors import UserError
-from aquila.model.io import write_model_files
+from aquila.model.io import DCP_DIR, write_model_config
 
 if TYPE_CHECKING:
     from aquila.engine.trainer import Trainer
-
-DCP_DIR = "dcp"
 
 
 def is_sharded(path: Path) -> bool:
@@ -77,10 +74,6 @@ def _barrier() -> None:
     barrier()
 
 
-def _contiguous(full: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: v.detach().to("cpu").contiguous() for k, v in full.items()}
-
-
 def _begin(trainer: Trainer) -> tuple[Path, Path, dict[str, Any]]:
     """Collective: the temporary dir (rank 0 makes it), and the state dict DCP writes.
 
@@ -98,15 +91,6 @@ def _begin(trainer: Trainer) -> tuple[Path, Path, dict[str, Any]]:
         trainer.model, trainer.optimizer, options=_options(flatten_optimizer_state_dict=True)
     )
     return final, tmp, {"model": msd, "optim": osd}
-
-
-def _full_weights(trainer: Trainer) -> dict[str, torch.Tensor]:
-    """Collective on every rank; rank 0 alone receives the full tensors (others: empty)."""
-    from torch.distributed.checkpoint.state_dict import get_model_state_dict
-
-    return get_model_state_dict(
-        trainer.model, options=_options(full_state_dict=True, cpu_offload=True)
-    )
 
 
 def _training_state(trainer: Trainer) -> dict[str, Any]:
@@ -137,10 +121,9 @@ def save_sharded(trainer: Trainer) -> Path | None:
         dcp.save(sd, checkpoint_id=str(tmp / DCP_DIR))
     except Exception as exc:  # DCP raises on every rank when one fails
         error = exc
-    full = _full_weights(trainer)
     if rank == 0 and error is None:
         try:
-            write_model_files(trainer.model, tmp, _contiguous(full))
+            write_model_config(trainer.model.cfg, tmp)
             finalize_checkpoint(tmp, final, _training_state(trainer))
         except Exception as exc:
             error = exc
@@ -149,24 +132,14 @@ def save_sharded(trainer: Trainer) -> Path | None:
     return final if rank == 0 else None
 
 
-def _own_copies(full: dict[str, torch.Tensor], model) -> dict[str, torch.Tensor]:
-    """Gathered DTensors are new tensors already; a plain parameter (tensor parallelism leaves
-    the embedding and norms whole) comes back as itself on CPU and is copied."""
-    live = {
-        t.untyped_storage().data_ptr()
-        for t in model.state_dict().values()
-        if not hasattr(t, "device_mesh")
-    }
-    return {k: v.clone() if v.untyped_storage().data_ptr() in live else v for k, v in full.items()}
-
-
 def save_sharded_async(trainer: Trainer, group) -> tuple[Callable[[], Path | None], Callable]:
     """Collective: stage this rank's shards in host memory and start writing them (DCP's
     ``async_save`` on ``group``, a gloo group of its own so that its collectives never interleave
-    with training's); rank 0 also copies the full weights and the training state.
+    with training's); rank 0 also copies the training state.
 
     Returns ``finish`` (run it in a thread: waits for the shards, then rank 0 writes the model
-    files and renames the checkpoint into place; returns the path on rank 0) and ``failed``
+    config and the training state and renames the checkpoint into place; returns the path on
+    rank 0) and ``failed``
     (after a failure agreed on by all ranks: cleans up and gives the error to raise)."""
     import torch.distributed.checkpoint as dcp
 
@@ -174,9 +147,6 @@ def save_sharded_async(trainer: Trainer, group) -> tuple[Callable[[], Path | Non
 
     rank, _ = _world()
     final, tmp, sd = _begin(trainer)
-    # Gathered before the background write starts: never two threads' collectives at once.
-    full = _full_weights(trainer)
-    full = _own_copies(full, trainer.model) if rank == 0 else {}
     try:
         response = dcp.async_save(sd, checkpoint_id=str(tmp / DCP_DIR), process_group=group)
         upload = getattr(response, "upload_completion", response)
@@ -189,7 +159,7 @@ def save_sharded_async(trainer: Trainer, group) -> tuple[Callable[[], Path | Non
         upload.result()
         if rank != 0:
             return None
-        write_model_files(trainer.model, tmp, _contiguous(full))
+        write_model_config(trainer.model.cfg, tmp)
         finalize_checkpoint(tmp, final, state)
         return final
 
@@ -205,7 +175,6 @@ def load_sharded(trainer: Trainer, path: Path) -> dict[str, Any]:
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import (
         get_state_dict,
-        set_model_state_dict,
         set_optimizer_state_dict,
         set_state_dict,
     )
@@ -217,7 +186,9 @@ def load_sharded(trainer: Trainer, path: Path) -> dict[str, Any]:
         raise UserError(f"{path} is not a training checkpoint (no {STATE_FILE})")
     _check_shape(read_model_config(path).to_dict(), trainer.model.cfg.to_dict(), path)
     try:
-        state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
+        # Mapped, not read: each rank touches only the parts of a full optimizer state (from a
+        # single-process checkpoint) that its shards need.
+        state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=True, mmap=True)
     except Exception as exc:
         raise UserError(f"cannot read {path / STATE_FILE}: {exc}") from None
     model, optim = trainer.model, trainer.optimizer
@@ -233,12 +204,9 @@ def load_sharded(trainer: Trainer, path: Path) -> dict[str, Any]:
             model, optim, model_state_dict=sd["model"], optim_state_dict=sd["optim"], options=opts
         )
     else:
-        from safetensors.torch import load_file
+        from aquila.model.io import load_weights_into, open_weights
 
-        from aquila.model.io import WEIGHTS_FILE
-
-        full = load_file(str(path / WEIGHTS_FILE), device="cpu")
-        set_model_state_dict(model, full, options=_options(full_state_dict=True))
+        load_weights_into(model, open_weights(path))  # each rank its boxes of the weights
         fqn_osd = _native_to_fqn(state.pop("optimizer"), model, optim)
         set_optimizer_state_dict(model, optim, fqn_osd, options=_options(full_state_dict=True))
     state["optimizer"] = optim.state_dict()  # already loaded; keeps load_state_dict's shape

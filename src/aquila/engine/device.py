@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import resource
+import sys
+
 import torch
 
 # Dense bf16 tensor-core peaks (FLOP/s, no sparsity) from the vendors' data sheets.
@@ -45,7 +48,36 @@ def peak_flops(device: torch.device) -> float | None:
     return None
 
 
-def peak_memory_bytes(device: torch.device) -> int | None:
+def max_rss_bytes() -> int:
+    """The process's maximum resident set size so far.
+
+    On Linux the high-water mark of its own address space (``VmHWM``): ``getrusage``'s
+    ``ru_maxrss`` also keeps the size of the process it was forked from (a launcher, a test
+    runner) and would report that parent's size for a small child."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)  # macOS: bytes, Linux: KiB
+
+
+def peak_memory_bytes(device: torch.device) -> int:
+    """Peak memory of this process on ``device``: CUDA ``max_memory_allocated``, else the
+    process's maximum RSS (on CPU everything the process holds, Python and torch included)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device)
-    return None
+    return max_rss_bytes()
+
+
+def memory_figures(device: torch.device) -> dict[str, int]:
+    """The peak so far as users read it: on CUDA allocated and reserved bytes, on CPU max RSS."""
+    if device.type == "cuda":
+        return {
+            "bytes": torch.cuda.max_memory_allocated(device),
+            "reserved_bytes": torch.cuda.max_memory_reserved(device),
+        }
+    return {"bytes": max_rss_bytes()}

@@ -189,6 +189,22 @@ def local_tensors(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
     return [t.to_local() if hasattr(t, "to_local") else t for t in tensors]
 
 
+def replica_count(t: torch.Tensor, world: int) -> int:
+    """How many of the ``world`` ranks hold each element of ``t``: all of them for a plain
+    tensor; for a DTensor, the ranks of its replicated mesh dims times the copies of its mesh
+    (a sub-mesh of the world, such as the data-parallel one next to tensor parallelism)."""
+    if not hasattr(t, "device_mesh"):
+        return world
+    mesh = t.device_mesh
+    copies = world // mesh.size()
+    for dim, placement in enumerate(t.placements):
+        if placement.is_partial():
+            raise ValueError("a partial (unreduced) DTensor has no elements of its own yet")
+        if placement.is_replicate():
+            copies *= mesh.size(dim)
+    return copies
+
+
 def global_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
     """The L2 norm over all ranks of tensors that may be plain (the same on every rank) or
     DTensors on any mesh of the world or a sub-mesh, sharded or replicated. One all-reduce.
@@ -203,15 +219,8 @@ def global_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
     world = dist.get_world_size() if dist.is_initialized() else 1
     groups: dict[int, list[torch.Tensor]] = {}
     for t in tensors:
-        copies = world
+        copies = replica_count(t, world)
         if hasattr(t, "device_mesh"):
-            mesh = t.device_mesh
-            copies = world // mesh.size()
-            for dim, placement in enumerate(t.placements):
-                if placement.is_partial():
-                    raise ValueError("global_norm: a partial (unreduced) DTensor")
-                if placement.is_replicate():
-                    copies *= mesh.size(dim)
             t = t.to_local()
         groups.setdefault(copies, []).append(t.detach())
     device = tensors[0].device if tensors else torch.device("cpu")
@@ -238,68 +247,6 @@ def barrier() -> None:
 
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
-
-
-# -- memory planning ------------------------------------------------------------------------------
-GIB = 1024**3
-
-
-def memory_plan(
-    cfg,
-    gpus: int,
-    tp: int = 1,
-    replicate: int = 1,
-    seq_len: int | None = None,
-    micro_batch: int = 1,
-    activation_checkpointing: bool = True,
-) -> dict:
-    """Per-GPU bytes of an FSDP2 (+TP) layout, from parameter counts (nothing is allocated).
-
-    Sharded and kept: fp32 master weights, fp32 gradients, Adam m and v (16 bytes/param over the
-    shard group x tp). Transient: two blocks gathered in bf16 (the one computing and the one
-    prefetched) and one block's bf16 gradients before the reduce-scatter. Activations per layer
-    follow Korthikanti et al. (2022) with a fused attention kernel: 34 * s * b * h bytes in bf16,
-    divided by tp; activation checkpointing keeps only each block's input (2 * s * b * h) plus one
-    block's full activations while it is recomputed. Logits are fp32 (vocab / tp each).
-    """
-    plan = ParallelPlan(gpus, tp, replicate)
-    plan.check()
-    s = seq_len or cfg.max_seq_len
-    h, layers = cfg.hidden_size, cfg.n_layers
-    kv = cfg.n_kv_heads * cfg.head_dim
-    attn = h * (cfg.n_heads * cfg.head_dim) * 2 + h * kv * 2
-    ffn_mult = max(1, cfg.n_experts) if cfg.n_experts > 0 else 1
-    mlp = 3 * h * cfg.ffn_size * ffn_mult
-    block = attn + mlp + 2 * h
-    embed = cfg.vocab_size * h
-    total = layers * block + 2 * embed + h
-    tp_split = layers * (attn + mlp)  # linear weights split by TP; the rest is replicated
-    per_gpu_params = (tp_split / tp + (total - tp_split)) / plan.shard
-    states = 16 * per_gpu_params
-    gathered = 2 * 2 * block / tp + 2 * block / tp
-    tokens = s * micro_batch
-    full_layer = 34 * tokens * h / tp
-    # Checkpointing keeps each block's input, plus one block's activations while recomputing.
-    acts = layers * 2 * tokens * h + full_layer if activation_checkpointing else layers * full_layer
-    logits = 2 * 4 * tokens * cfg.vocab_size / tp
-    used = states + gathered + acts + logits
-    return {
-        "params": int(total),
-        "gpus": gpus,
-        "tp": tp,
-        "replicate": replicate,
-        "shard": plan.shard,
-        "seq_len": s,
-        "micro_batch": micro_batch,
-        "activation_checkpointing": activation_checkpointing,
-        "gib": {
-            "weights_grads_adam": states / GIB,
-            "gathered_blocks": gathered / GIB,
-            "activations": acts / GIB,
-            "logits": logits / GIB,
-            "total": used / GIB,
-        },
-    }
 
 
 def meta_shard_check(cfg, tp: int = 1) -> dict:

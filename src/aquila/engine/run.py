@@ -124,25 +124,6 @@ def resolve_init_from(cfg: TrainConfig) -> InitSource:
     return InitSource(model_dir.resolve(), tok_dir)
 
 
-def load_init_weights(cfg: TrainConfig, init: InitSource, device: torch.device) -> torch.nn.Module:
-    """The run's model holding ``init``'s weights, as fp32 master weights on ``device``."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    from aquila.model.io import WEIGHTS_FILE, load_state_into
-
-    weights = init.model_dir / WEIGHTS_FILE
-    try:
-        state = load_file(str(weights), device=str(device))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise UserError(f"train.init_from: cannot read {weights}: {exc}") from None
-    # Training keeps fp32 parameters (autocast does the bf16 math) whatever the dir stores.
-    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
-    model = cfg.model.build(device="meta")
-    load_state_into(model, state, f"train.init_from {weights}")
-    return model.train()
-
-
 def _check_init_tokenizer(init: InitSource, tokenizer: Tokenizer, cfg: TrainConfig) -> None:
     if init.tokenizer_dir is not None:
         theirs = Tokenizer.load(init.tokenizer_dir)
@@ -428,15 +409,25 @@ def _assemble(
     """The model, its callbacks and the trainer, resumed or initialised."""
     device = pick_device(cfg.train.device)
     torch.manual_seed(cfg.train.seed)
-    if init is not None:
-        model = load_init_weights(cfg, init, device)
-    else:
-        model = cfg.model.build(device=device)
-    if dist.world > 1:
-        from aquila.engine.distributed import parallelize
+    from aquila.engine.build import build_model
 
-        parallelize(model, plan, device)
-    cbs: list[Callback] = [MetricsLog(run_dir / "metrics.jsonl"), GracefulInterrupt()]
+    # Meta, layout, then each rank's shards: from init_from's weights, the seed, or (resume)
+    # left for the checkpoint to fill.
+    model = build_model(
+        cfg,
+        plan,
+        device,
+        init_from=init.model_dir if init is not None else None,
+        initialise=resumed_from is None,
+    )
+    from aquila.engine.memory import MemoryReport
+
+    # First: its on_start measures memory right after setup, before any callback allocates.
+    cbs: list[Callback] = [
+        MemoryReport(device, run_dir),
+        MetricsLog(run_dir / "metrics.jsonl"),
+        GracefulInterrupt(),
+    ]
     if cfg.train.max_seconds:
         cbs.append(TimeLimit(cfg.train.max_seconds))
     from aquila.engine.control import ControlCallback

@@ -441,6 +441,8 @@ class Trainer:
         self._checkpoint_requested = False
         self.wait_for_checkpoint()
         step = self.state.step
+        for cb in self.callbacks:
+            cb.before_save(self)
         try:
             if self.cfg.train.async_checkpoint and not wait:
                 from aquila.engine.async_checkpoint import start_async_save

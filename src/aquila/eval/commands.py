@@ -58,6 +58,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--batch-size", type=int, default=8, help="sequences per forward pass (default 8)"
     )
     p.add_argument(
+        "--device",
+        default="cpu",
+        help="where the model is loaded: cpu, cuda, cuda:N or auto (default: cpu)",
+    )
+    p.add_argument(
+        "--dtype",
+        choices=["auto", "float32", "bfloat16"],
+        default="auto",
+        help="weights' dtype on the device; auto: a run dir's training dtype (bf16 on CUDA by "
+        "default), else bf16 on CUDA and fp32 on CPU",
+    )
+    p.add_argument(
         "--compare",
         nargs=2,
         metavar=("A", "B"),
@@ -132,7 +144,7 @@ def _eval(args: argparse.Namespace) -> int:
         )
         return _emit_compare(report, args, console)
 
-    loaded = load_lm(args.path, args.batch_size)
+    loaded = load_lm(args.path, args.batch_size, device=args.device, dtype=args.dtype)
     results = evaluate(
         loaded.lm,
         tasks,

@@ -28,11 +28,11 @@ def decode_speed(lm: ModelLM, new_tokens: int = SPEED_TOKENS, repeats: int = 2) 
 
 
 def size_report(model_dir: Path, model) -> dict[str, Any]:
-    from aquila.model.io import WEIGHTS_FILE
+    from aquila.model.io import weights_bytes
     from aquila.quant.model import linear_weight_bytes, model_memory_bytes
 
     return {
-        "disk_bytes": (model_dir / WEIGHTS_FILE).stat().st_size,
+        "disk_bytes": weights_bytes(model_dir),
         "memory_bytes": model_memory_bytes(model),
         "linear_weight_bytes": linear_weight_bytes(model),
     }

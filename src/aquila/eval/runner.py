@@ -18,24 +18,54 @@ class LoadedModel:
     quantized: bool
 
 
-def load_lm(path: str | Path, batch_size: int = 8, device: str = "cpu") -> LoadedModel:
-    """A run dir's latest checkpoint or a model dir (float or quantized), ready to score."""
+def load_lm(
+    path: str | Path, batch_size: int = 8, device: str = "cpu", dtype: str = "auto"
+) -> LoadedModel:
+    """A run dir's latest checkpoint or a model dir (float or quantized, any weight layout:
+    a multi-process checkpoint is read from its shards), ready to score on ``device``.
+
+    ``dtype`` "auto" is a run's training dtype (``train.dtype``) on that device: bf16 on CUDA
+    and fp32 on CPU unless the run set one."""
+    from aquila.engine.device import autocast_dtype, pick_device
+    from aquila.errors import UserError
     from aquila.model.io import resolve_model_dir, resolve_tokenizer_dir
     from aquila.quant.model import load_any_model, read_quant_config
     from aquila.tokenizer import Tokenizer
 
+    dev = pick_device(device)
+    if dev.type == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {device}: CUDA is not available")
     model_dir = resolve_model_dir(path)
     tokenizer = Tokenizer.load(resolve_tokenizer_dir(path))
-    model = load_any_model(model_dir, device=device)
+    model = load_any_model(
+        model_dir, device=dev, dtype=autocast_dtype(dev, _run_dtype(path, dtype))
+    )
     if tokenizer.vocab_size > model.cfg.vocab_size:
-        from aquila.errors import UserError
-
         raise UserError(
             f"{model_dir}: tokenizer has {tokenizer.vocab_size} tokens, the model only {model.cfg.vocab_size}"
         )
     return LoadedModel(
         ModelLM(model, tokenizer, batch_size), model_dir, read_quant_config(model_dir) is not None
     )
+
+
+def _run_dtype(path: str | Path, dtype: str) -> str:
+    """``dtype``, or for "auto" the training dtype of the run ``path`` belongs to."""
+    if dtype != "auto":
+        return dtype
+    from aquila.engine.config import load_config
+
+    p = Path(path)
+    for run_dir in (p, p.parent.parent):  # a run dir, or one of its checkpoint dirs
+        if (run_dir / "config.toml").is_file() and (run_dir / "checkpoints").is_dir():
+            try:
+                return load_config(run_dir / "config.toml").train.dtype
+            except Exception:  # an unreadable run config leaves the device's default
+                return "auto"
+    return "auto"
 
 
 def evaluate(

@@ -117,10 +117,17 @@ def _register_interop(sub: argparse._SubParsersAction) -> None:
             "Write config.json (LlamaForCausalLM, or MixtralForCausalLM for mixture-of-experts "
             "models), model.safetensors, generation_config.json and the tokenizer files, loadable "
             "with transformers' from_pretrained without trust_remote_code. A run dir exports its "
-            "latest checkpoint."
+            "latest checkpoint, a multi-process one straight from its DCP shards. Weights are "
+            "written in Hugging Face's sharded layout (model-0000K-of-0000N.safetensors + "
+            "model.safetensors.index.json; one file is model.safetensors), one file at a time: "
+            "the host holds about one --max-shard-size of weights, whatever the model's size."
         ),
     )
-    ex.add_argument("src", metavar="RUN_OR_MODEL_DIR", help="a model dir or a run dir")
+    ex.add_argument(
+        "src",
+        metavar="RUN_OR_MODEL_DIR",
+        help="a model dir or a run dir (one- or multi-process checkpoints alike)",
+    )
     ex.add_argument("--format", choices=["hf"], default="hf", help="output format (default: hf)")
     ex.add_argument("--out", required=True, type=Path, help="output directory (created atomically)")
     ex.add_argument(
@@ -128,6 +135,12 @@ def _register_interop(sub: argparse._SubParsersAction) -> None:
         choices=["float32", "bfloat16", "float16"],
         default="float32",
         help="weight dtype in the export (default: float32)",
+    )
+    ex.add_argument(
+        "--max-shard-size",
+        default="5GB",
+        metavar="SIZE",
+        help="largest weight file, e.g. 5GB, 500MB, 2GiB or bytes (default: 5GB)",
     )
     ex.add_argument("--json", action="store_true", help="print one JSON object")
     ex.set_defaults(func=_export)
@@ -139,33 +152,58 @@ def _register_interop(sub: argparse._SubParsersAction) -> None:
             "Read config.json and the weights (model.safetensors, sharded safetensors with "
             "model.safetensors.index.json, or pytorch_model.bin) of a LlamaForCausalLM, "
             "AquilaForCausalLM or MixtralForCausalLM checkpoint and write a native model dir "
-            "(model.json + model.safetensors) with the tokenizer files copied. Tensors are "
-            "copied bit for bit in their stored dtype."
+            "(model.json + model.safetensors, or shards of --max-shard-size with an index) "
+            "with the tokenizer files copied. Tensors are copied bit for bit in their stored "
+            "dtype, one output file at a time."
         ),
     )
     im.add_argument("src", metavar="HF_DIR", help="a Hugging Face model directory")
     im.add_argument("--out", required=True, type=Path, help="output model dir (created atomically)")
+    im.add_argument(
+        "--max-shard-size",
+        default="5GB",
+        metavar="SIZE",
+        help="largest weight file, e.g. 5GB, 500MB, 2GiB or bytes (default: 5GB)",
+    )
     im.add_argument("--json", action="store_true", help="print one JSON object")
     im.set_defaults(func=_import)
 
 
-def _status(message: str):
+def _files_progress(description: str):
+    """A rich progress bar over output files on stderr, and its ``(done, total)`` callback."""
     from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    return Console(stderr=True).status(message)
+    bar = Progress(
+        TextColumn(description),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("files"),
+        console=Console(stderr=True),
+        transient=True,
+    )
+    task = bar.add_task(description, total=None)
+    return bar, lambda done, total: bar.update(task, completed=done, total=total)
 
 
 def _export(args: argparse.Namespace) -> int:
     from aquila.model.hf import export_hf
 
-    with _status(f"exporting {args.src} to {args.out}"):
-        s = export_hf(args.src, args.out, dtype=args.dtype)
+    bar, advance = _files_progress(f"exporting {args.src}")
+    with bar:
+        s = export_hf(
+            args.src,
+            args.out,
+            dtype=args.dtype,
+            max_shard_size=args.max_shard_size,
+            progress=advance,
+        )
     if args.json:
         print(json.dumps(s))
         return 0
     print(
         f"exported {s['source']} -> {s['out']} ({s['architecture']}, {s['dtype']}, "
-        f"{s['params']:,} params, {s['bytes'] / 1e6:.1f} MB)"
+        f"{s['params']:,} params, {s['bytes'] / 1e6:.1f} MB in {len(s['files'])} file(s))"
     )
     if not s["tokenizer_files"]:
         print("  note: no tokenizer found; the export has no tokenizer files")
@@ -175,8 +213,9 @@ def _export(args: argparse.Namespace) -> int:
 def _import(args: argparse.Namespace) -> int:
     from aquila.model.hf import import_hf
 
-    with _status(f"importing {args.src} to {args.out}"):
-        s = import_hf(args.src, args.out)
+    bar, advance = _files_progress(f"importing {args.src}")
+    with bar:
+        s = import_hf(args.src, args.out, max_shard_size=args.max_shard_size, progress=advance)
     if args.json:
         print(json.dumps(s))
         return 0

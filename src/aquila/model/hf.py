@@ -4,11 +4,19 @@ The Aquila2 decoder is the Llama architecture, so the parameter names already ma
 (``model.`` prefix added, ``lm_head.weight`` as is) and the conversion is a rename plus a config
 translation. ``transformers`` is not needed: configs are plain JSON and weights are safetensors.
 Mixture-of-experts models go through ``aquila.model.hf_mixtral`` (Mixtral layout).
+
+Both directions stream: export reads the source (one file, sharded, or a multi-process
+checkpoint's DCP shards) one output shard at a time and writes Hugging Face's sharded layout
+(``model-0000K-of-0000N.safetensors`` + ``model.safetensors.index.json``, 5 GB per file by
+default); import reads a sharded dir the same way and writes a native dir in the same layout. The
+host holds about one output shard at a time, whatever the model's size.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,14 +25,26 @@ import torch
 from aquila.errors import UserError
 from aquila.model.config import ModelConfig
 from aquila.model.io import (
+    CONFIG_FILE,
+    INDEX_FILE,
+    WEIGHTS_FILE,
+    TensorInfo,
+    WeightSource,
     atomic_dir,
+    check_names,
     copy_tokenizer_files,
     export_state_dict,
-    load_model_dir,
     load_state_into,
+    open_weights,
+    parse_size,
+    plan_shards,
+    read_index,
+    read_model_config,
     resolve_model_dir,
     resolve_tokenizer_dir,
-    write_model_files,
+    safetensors_files,
+    write_model_config,
+    write_shards,
 )
 from aquila.model.transformer import AquilaModel
 
@@ -32,15 +52,16 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 LLAMA_ARCHS = {"LlamaForCausalLM", "AquilaForCausalLM", "AquilaModel"}
 LLAMA_TYPES = {"llama", "aquila"}
 HEAD = "lm_head.weight"
+# Hugging Face's default shard size for save_pretrained.
+DEFAULT_MAX_SHARD_SIZE = "5GB"
 
 
 # ---------------------------------------------------------------------------------------------
 # Llama layout <-> AquilaModel
 
 
-def to_hf_llama(model: AquilaModel) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """A ``LlamaForCausalLM`` config dict and state dict for a dense model."""
-    cfg = model.cfg
+def hf_llama_config(cfg: ModelConfig) -> dict[str, Any]:
+    """The ``LlamaForCausalLM`` config dict of a dense model shape."""
     config: dict[str, Any] = {
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",
@@ -63,8 +84,78 @@ def to_hf_llama(model: AquilaModel) -> tuple[dict[str, Any], dict[str, torch.Ten
     }
     if cfg.rope_scaling != 1.0:
         config["rope_scaling"] = {"rope_type": "linear", "factor": cfg.rope_scaling}
-    state = {(k if k == HEAD else f"model.{k}"): v for k, v in export_state_dict(model).items()}
-    return config, state
+    return config
+
+
+def hf_name(native: str) -> str:
+    return native if native == HEAD else f"model.{native}"
+
+
+def llama_outputs(native: str, tensor: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
+    """The Hugging Face tensors one native tensor becomes (Llama: itself, renamed)."""
+    return [(hf_name(native), tensor)]
+
+
+def to_hf_llama(model: AquilaModel) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """A ``LlamaForCausalLM`` config dict and state dict for a dense model (in memory)."""
+    state = {}
+    for k, v in export_state_dict(model).items():
+        state.update(llama_outputs(k, v))
+    return hf_llama_config(model.cfg), state
+
+
+@dataclass
+class Recipe:
+    """How one native tensor is made from tensors of a checkpoint: ``build`` of ``sources``."""
+
+    sources: list[str]
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    build: Callable[[list[torch.Tensor]], torch.Tensor] = lambda ts: ts[0]
+
+
+def llama_recipes(
+    config: dict[str, Any], infos: Mapping[str, TensorInfo], source: str = "config.json"
+) -> dict[str, Recipe]:
+    """Native tensor -> its recipe, for a Llama-layout checkpoint with tensors ``infos``."""
+    recipes: dict[str, Recipe] = {}
+    for k, info in infos.items():
+        if k.endswith("rotary_emb.inv_freq"):  # older checkpoints store the (recomputable) table
+            continue
+        native = k if k == HEAD else k.removeprefix("model.")
+        recipes[native] = Recipe([k], info.shape, info.dtype)
+    if HEAD not in recipes:
+        if config.get("tie_word_embeddings"):
+            raise UserError(
+                f"{source}: unsupported tie_word_embeddings=true without an {HEAD} tensor; "
+                "the decoder has an untied output head"
+            )
+        raise UserError(f"{source}: the weights have no {HEAD} tensor")
+    return recipes
+
+
+def build_native(
+    recipes: Mapping[str, Recipe], names: list[str], read: Callable[[list[str]], dict]
+) -> dict[str, torch.Tensor]:
+    """The native tensors ``names``, from the checkpoint tensors ``read`` returns."""
+    needed = list(dict.fromkeys(s for n in names for s in recipes[n].sources))
+    got = read(needed)
+    return {n: recipes[n].build([got[s] for s in recipes[n].sources]) for n in names}
+
+
+def _infos(state: Mapping[str, torch.Tensor]) -> dict[str, TensorInfo]:
+    return {k: TensorInfo(tuple(v.shape), v.dtype) for k, v in state.items()}
+
+
+def model_from_recipes(
+    cfg: ModelConfig, recipes: Mapping[str, Recipe], state: Mapping[str, torch.Tensor]
+) -> AquilaModel:
+    """An ``AquilaModel`` holding the tensors the recipes make from an in-memory ``state``."""
+    model = AquilaModel(cfg, device="meta")
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    check_names(expected, {k: r.shape for k, r in recipes.items()}, "the checkpoint weights")
+    native = build_native(recipes, list(expected), lambda names: {n: state[n] for n in names})
+    return load_state_into(model, native, "the checkpoint weights").eval()
 
 
 def _get(config: dict[str, Any], key: str, default: Any = ..., source: str = "config.json") -> Any:
@@ -133,20 +224,7 @@ def from_hf_llama(
 ) -> AquilaModel:
     """An ``AquilaModel`` holding exactly the tensors of a Llama-layout checkpoint."""
     cfg = config_from_hf_llama(config, source)
-    native: dict[str, torch.Tensor] = {}
-    for k, v in state.items():
-        if k.endswith("rotary_emb.inv_freq"):  # older checkpoints store the (recomputable) table
-            continue
-        native[k if k == HEAD else k.removeprefix("model.")] = v
-    if HEAD not in native:
-        if config.get("tie_word_embeddings"):
-            raise UserError(
-                f"{source}: unsupported tie_word_embeddings=true without an {HEAD} tensor; "
-                "the decoder has an untied output head"
-            )
-        raise UserError(f"{source}: the weights have no {HEAD} tensor")
-    model = AquilaModel(cfg, device="meta")
-    return load_state_into(model, native, "the checkpoint weights").eval()
+    return model_from_recipes(cfg, llama_recipes(config, _infos(state), source), state)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -196,33 +274,76 @@ def _token_ids(tokenizer_dir: Path | None) -> dict[str, int | None]:
     return {"bos_token_id": tok.bos_id, "eos_token_id": tok.eos_id}
 
 
-def export_hf(src: str | Path, out: str | Path, dtype: str = "float32") -> dict[str, Any]:
-    """Export a model or run dir to a Hugging Face dir loadable by ``from_pretrained``."""
-    from safetensors.torch import save_file
+def _shard_bytes(max_shard_size: str | int) -> int:
+    try:
+        return parse_size(max_shard_size)
+    except UserError as exc:
+        raise UserError(f"--max-shard-size: {exc}") from None
 
+
+def export_hf(
+    src: str | Path,
+    out: str | Path,
+    dtype: str = "float32",
+    max_shard_size: str | int = DEFAULT_MAX_SHARD_SIZE,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Export a model or run dir to a Hugging Face dir loadable by ``from_pretrained``.
+
+    The weights are read one output shard at a time (``max_shard_size`` bytes per file; one file
+    is ``model.safetensors``, several get ``model.safetensors.index.json``), from any weight
+    layout of the source, a multi-process checkpoint's DCP shards included. ``progress(done,
+    total)`` is called after each file."""
     if dtype not in DTYPES:
         raise UserError(f"--dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+    limit = _shard_bytes(max_shard_size)
     model_dir = resolve_model_dir(src)
     _check_distinct(Path(src), Path(out))
     _check_distinct(model_dir, Path(out))
-    model = load_model_dir(model_dir, device="cpu")
+    cfg = read_model_config(model_dir)
+    if "quantization" in json.loads((model_dir / CONFIG_FILE).read_text()):
+        raise UserError(f"{model_dir} holds int4 weights; export the full-precision model dir")
+    source = open_weights(model_dir)
+    infos = source.infos()
+    expected = {k: tuple(v.shape) for k, v in AquilaModel(cfg, device="meta").state_dict().items()}
+    check_names(expected, {k: i.shape for k, i in infos.items()}, source.label)
     try:
         tok_dir: Path | None = resolve_tokenizer_dir(src)
     except UserError:
         tok_dir = None
-    if model.cfg.n_experts > 0:
-        config, state = _mixtral().to_hf_mixtral(model)
+    if cfg.n_experts > 0:
+        mixtral = _mixtral()
+        config = mixtral.hf_mixtral_config(cfg)
+
+        def outputs(name: str, t: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
+            return mixtral.mixtral_outputs(name, t, cfg.n_experts)
     else:
-        config, state = to_hf_llama(model)
-    state = {k: v.to(DTYPES[dtype]).contiguous() for k, v in state.items()}
+        config, outputs = hf_llama_config(cfg), llama_outputs
+    out_dtype = DTYPES[dtype]
+    groups = plan_shards([(n, infos[n].nbytes(out_dtype)) for n in expected], limit)
+
+    def produce(names: list[str]) -> dict[str, torch.Tensor]:
+        tensors = source.read(names, dtype=out_dtype)  # this file's tensors, nothing more
+        shard: dict[str, torch.Tensor] = {}
+        for n in names:
+            shard.update(outputs(n, tensors.pop(n)))
+        return shard
+
     ids = _token_ids(tok_dir)
     # Explicit nulls: transformers' defaults (bos 1, eos 2) would otherwise be silently wrong.
     config.update(ids)
     config["torch_dtype"] = dtype
     generation = {**ids, "pad_token_id": ids["eos_token_id"]}
     out = Path(out)
+    done = [0]
+
+    def advance(n: int) -> None:
+        done[0] += n
+        if progress is not None:
+            progress(done[0], len(groups))
+
     with atomic_dir(out) as tmp:
-        save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        written = write_shards(tmp, groups, produce, advance)
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         (tmp / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
         copied = copy_tokenizer_files(tok_dir, tmp) if tok_dir else []
@@ -232,9 +353,10 @@ def export_hf(src: str | Path, out: str | Path, dtype: str = "float32") -> dict[
         "format": "hf",
         "architecture": config["architectures"][0],
         "dtype": dtype,
-        "tensors": len(state),
-        "params": sum(v.numel() for v in state.values()),
-        "bytes": (out / "model.safetensors").stat().st_size,
+        "tensors": written["tensors"],
+        "params": written["params"],
+        "bytes": sum((out / f).stat().st_size for f in written["files"]),
+        "files": written["files"],
         "tokenizer_files": copied,
     }
 
@@ -252,55 +374,105 @@ def read_hf_config(src: Path) -> dict[str, Any]:
     return config
 
 
-def _load_shard(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise UserError(f"weight file {path} is missing")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+class TorchBinWeights(WeightSource):
+    """``pytorch_model.bin`` files (one or sharded), each mapped from disk when read, one file
+    at a time."""
 
-            return load_file(str(path))
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except UserError:
-        raise
-    except Exception as exc:  # safetensors and pickle raise several unrelated types
-        raise UserError(f"cannot read {path} (corrupt or truncated?): {exc}") from None
-    if not isinstance(state, dict):
-        raise UserError(f"{path} does not hold a state dict")
-    return state
+    def __init__(self, files: Mapping[str, Path], label: str):
+        self.files = dict(files)
+        self.label = label
+        self._cache: tuple[Path, dict[str, torch.Tensor]] | None = None
+        self._infos: dict[str, TensorInfo] | None = None
 
-
-def read_hf_weights(src: Path) -> dict[str, torch.Tensor]:
-    """Weights of a Hugging Face dir: safetensors (single or sharded) or ``pytorch_model.bin``."""
-    for stem in ("model.safetensors", "pytorch_model.bin"):
-        index = src / f"{stem}.index.json"
-        if index.is_file():
+    def _load(self, path: Path) -> dict[str, torch.Tensor]:
+        if self._cache is not None and self._cache[0] == path:
+            return self._cache[1]
+        self._cache = None
+        if not path.is_file():
+            raise UserError(f"weight file {path} is missing")
+        try:
             try:
-                weight_map = json.loads(index.read_text())["weight_map"]
-            except (OSError, ValueError, KeyError, TypeError) as exc:
-                raise UserError(f"cannot read {index}: {exc}") from None
-            state: dict[str, torch.Tensor] = {}
-            for shard in sorted(set(weight_map.values())):
-                state.update(_load_shard(src / shard))
-            return state
-        if (src / stem).is_file():
-            return _load_shard(src / stem)
+                state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError:  # the legacy (non-zip) format cannot be mapped
+                state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # pickle raises several unrelated types
+            raise UserError(f"cannot read {path} (corrupt or truncated?): {exc}") from None
+        if not isinstance(state, dict):
+            raise UserError(f"{path} does not hold a state dict")
+        self._cache = (path, state)
+        return state
+
+    def infos(self) -> dict[str, TensorInfo]:
+        if self._infos is None:
+            infos: dict[str, TensorInfo] = {}
+            for path in dict.fromkeys(self.files.values()):
+                state = self._load(path)
+                for name, file in self.files.items():
+                    if file != path:
+                        continue
+                    t = state.get(name)
+                    if not isinstance(t, torch.Tensor):
+                        raise UserError(f"{self.label}: {path.name} has no tensor {name!r}")
+                    infos[name] = TensorInfo(tuple(t.shape), t.dtype)
+            self._infos = {n: infos[n] for n in self.files}
+        return self._infos
+
+    def read(self, names, dtype=None, device="cpu"):
+        out = {}
+        for name in sorted(names, key=lambda n: str(self.files[n])):
+            t = self._load(self.files[name])[name]
+            out[name] = t.to(device=device, dtype=dtype or t.dtype, copy=True)
+        return {n: out[n] for n in names}
+
+
+def hf_weights(src: Path) -> WeightSource:
+    """Weights of a Hugging Face dir: safetensors (single or sharded) or ``pytorch_model.bin``
+    (single or sharded), read lazily."""
+    if (src / WEIGHTS_FILE).is_file() or (src / INDEX_FILE).is_file():
+        label = str(src / (WEIGHTS_FILE if (src / WEIGHTS_FILE).is_file() else INDEX_FILE))
+        from aquila.model.io import SafetensorsWeights
+
+        return SafetensorsWeights(safetensors_files(src), label)
+    index = src / "pytorch_model.bin.index.json"
+    if index.is_file():
+        files = {k: src / v for k, v in read_index(index).items()}
+        return TorchBinWeights(files, str(index))
+    if (src / "pytorch_model.bin").is_file():
+        path = src / "pytorch_model.bin"
+        names = [k for k, v in TorchBinWeights({}, str(path))._load(path).items()]
+        return TorchBinWeights(dict.fromkeys(names, path), str(path))
     raise UserError(
         f"{src} has no weights: expected model.safetensors, a sharded "
         "model.safetensors.index.json, or pytorch_model.bin"
     )
 
 
-def import_hf(src: str | Path, out: str | Path) -> dict[str, Any]:
-    """Convert a Hugging Face Llama/Aquila/Mixtral dir into a native model dir."""
+def read_hf_weights(src: Path) -> dict[str, torch.Tensor]:
+    """All weights of a Hugging Face dir in memory (small models; import streams instead)."""
+    source = hf_weights(src)
+    return source.read(list(source.infos()))
+
+
+def import_hf(
+    src: str | Path,
+    out: str | Path,
+    max_shard_size: str | int = DEFAULT_MAX_SHARD_SIZE,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Convert a Hugging Face Llama/Aquila/Mixtral dir into a native model dir, one output
+    shard at a time (``max_shard_size`` bytes per file, tensors in their stored dtype)."""
     src = Path(src)
     if not src.is_dir():
         raise UserError(f"{src} does not exist or is not a directory")
     _check_distinct(src, Path(out))
+    limit = _shard_bytes(max_shard_size)
     config = read_hf_config(src)
     source = str(src / "config.json")
     if _is_mixtral(config):
-        model = _mixtral().from_hf_mixtral(config, read_hf_weights(src))
+        mixtral = _mixtral()
+        cfg = mixtral.config_from_hf_mixtral(config, source)
+        weights = hf_weights(src)
+        recipes = mixtral.mixtral_recipes(cfg, weights.infos(), source)
     else:
         archs = set(config.get("architectures") or [])
         mtype = str(config.get("model_type", "")).lower()
@@ -310,16 +482,32 @@ def import_hf(src: str | Path, out: str | Path) -> dict[str, Any]:
                 "supported: LlamaForCausalLM, AquilaForCausalLM, MixtralForCausalLM"
             )
         # Translate the config first: an unsupported key fails before reading gigabytes.
-        config_from_hf_llama(config, source)
-        model = from_hf_llama(config, read_hf_weights(src), source)
+        cfg = config_from_hf_llama(config, source)
+        weights = hf_weights(src)
+        recipes = llama_recipes(config, weights.infos(), source)
+    expected = {k: tuple(v.shape) for k, v in AquilaModel(cfg, device="meta").state_dict().items()}
+    check_names(expected, {k: r.shape for k, r in recipes.items()}, "the checkpoint weights")
+    sizes = [(n, TensorInfo(recipes[n].shape, recipes[n].dtype).nbytes()) for n in expected]
+    groups = plan_shards(sizes, limit)
+    done = [0]
+
+    def advance(n: int) -> None:
+        done[0] += n
+        if progress is not None:
+            progress(done[0], len(groups))
+
     out = Path(out)
     with atomic_dir(out) as tmp:
-        write_model_files(model, tmp)
+        write_model_config(cfg, tmp)
+        written = write_shards(
+            tmp, groups, lambda names: build_native(recipes, names, weights.read), advance
+        )
         copied = copy_tokenizer_files(src, tmp)
     return {
         "source": str(src),
         "out": str(out),
-        "config": model.cfg.to_dict(),
-        "params": model.num_params(),
+        "config": cfg.to_dict(),
+        "params": written["params"],
+        "files": written["files"],
         "tokenizer_files": copied,
     }

@@ -11,14 +11,23 @@ Attention, norms, embeddings and the head share the Llama converter's names.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 
 from aquila.errors import UserError
 from aquila.model.config import ModelConfig
-from aquila.model.hf import HEAD, config_from_hf_llama, to_hf_llama
-from aquila.model.io import load_state_into
+from aquila.model.hf import (
+    HEAD,
+    Recipe,
+    _infos,
+    config_from_hf_llama,
+    hf_llama_config,
+    llama_outputs,
+    model_from_recipes,
+)
+from aquila.model.io import TensorInfo, export_state_dict
 from aquila.model.moe import aux_loss_coef, router_std, z_loss_coef
 from aquila.model.transformer import AquilaModel
 
@@ -30,12 +39,11 @@ _FUSED = re.compile(
 )
 
 
-def to_hf_mixtral(model: AquilaModel) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """A ``MixtralForCausalLM`` config dict and state dict (Hub layout) for an MoE model."""
-    cfg = model.cfg
+def hf_mixtral_config(cfg: ModelConfig) -> dict[str, Any]:
+    """The ``MixtralForCausalLM`` config dict of a mixture-of-experts model shape."""
     if cfg.n_experts <= 0:
         raise UserError("to_hf_mixtral needs a mixture-of-experts model (n_experts > 0)")
-    config, llama_state = to_hf_llama(model)
+    config = hf_llama_config(cfg)
     config.update(
         architectures=["MixtralForCausalLM"],
         model_type="mixtral",
@@ -52,20 +60,32 @@ def to_hf_mixtral(model: AquilaModel) -> tuple[dict[str, Any], dict[str, torch.T
         router_init_std=router_std(cfg),
     )
     config.pop("mlp_bias", None)  # Mixtral's experts have no bias option
+    return config
+
+
+def mixtral_outputs(
+    native: str, value: torch.Tensor, n_experts: int
+) -> list[tuple[str, torch.Tensor]]:
+    """The Hub-layout tensors one native tensor becomes: stacked experts are split."""
+    m = _MLP.match(native)
+    if not m:
+        return llama_outputs(native, value)
+    layer, kind = m.groups()
+    prefix = f"model.layers.{layer}.block_sparse_moe"
+    if kind == "gate.weight":
+        return [(f"{prefix}.gate.weight", value)]
+    return [
+        (f"{prefix}.experts.{e}.{kind}.weight", value[e].contiguous()) for e in range(n_experts)
+    ]
+
+
+def to_hf_mixtral(model: AquilaModel) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """A ``MixtralForCausalLM`` config dict and state dict (Hub layout) for an MoE model."""
+    cfg = model.cfg
+    config = hf_mixtral_config(cfg)
     state: dict[str, torch.Tensor] = {}
-    for key, value in llama_state.items():
-        native = key if key == HEAD else key.removeprefix("model.")
-        m = _MLP.match(native)
-        if not m:
-            state[key] = value
-            continue
-        layer, kind = m.groups()
-        prefix = f"model.layers.{layer}.block_sparse_moe"
-        if kind == "gate.weight":
-            state[f"{prefix}.gate.weight"] = value
-        else:
-            for e in range(cfg.n_experts):
-                state[f"{prefix}.experts.{e}.{kind}.weight"] = value[e].contiguous()
+    for key, value in export_state_dict(model).items():
+        state.update(mixtral_outputs(key, value, cfg.n_experts))
     return config, state
 
 
@@ -96,34 +116,45 @@ def _strip(key: str) -> str:
     return key if key == HEAD else key.removeprefix("model.")
 
 
-def from_hf_mixtral(
-    config: dict[str, Any], state: dict[str, torch.Tensor], source: str = "config.json"
-) -> AquilaModel:
-    """An ``AquilaModel`` holding exactly the tensors of a Mixtral checkpoint (either layout)."""
-    cfg = config_from_hf_mixtral(config, source)
-    native: dict[str, torch.Tensor] = {}
-    experts: dict[tuple[str, str], dict[int, torch.Tensor]] = {}
-    for key, value in state.items():
+def _stack(ts: list[torch.Tensor]) -> torch.Tensor:
+    return torch.stack(ts)
+
+
+def _half(i: int):
+    def build(ts: list[torch.Tensor]) -> torch.Tensor:
+        return ts[0].chunk(2, dim=1)[i].contiguous()
+
+    return build
+
+
+def mixtral_recipes(
+    cfg: ModelConfig, infos: Mapping[str, TensorInfo], source: str = "config.json"
+) -> dict[str, Recipe]:
+    """Native tensor -> its recipe, for a Mixtral checkpoint (Hub or fused layout)."""
+    recipes: dict[str, Recipe] = {}
+    experts: dict[tuple[str, str], dict[int, tuple[str, TensorInfo]]] = {}
+    for key, info in infos.items():
         k = _strip(key)
         if k.endswith("rotary_emb.inv_freq"):
             continue
         if m := _HUB_EXPERT.match(k):
             layer, e, kind = m.groups()
-            experts.setdefault((layer, kind), {})[int(e)] = value
+            experts.setdefault((layer, kind), {})[int(e)] = (key, info)
         elif m := _HUB_GATE.match(k):
-            native[f"layers.{m.group(1)}.mlp.gate.weight"] = value
+            recipes[f"layers.{m.group(1)}.mlp.gate.weight"] = Recipe([key], info.shape, info.dtype)
         elif m := _FUSED.match(k):
             layer, kind = m.groups()
             if kind == "experts.gate_up_proj":  # (E, 2*ffn, hidden): gate rows, then up rows
-                w1, w3 = value.chunk(2, dim=1)
-                native[f"layers.{layer}.mlp.w1"] = w1.contiguous()
-                native[f"layers.{layer}.mlp.w3"] = w3.contiguous()
+                e, two_f, *rest = info.shape
+                half = (e, two_f // 2, *rest)
+                recipes[f"layers.{layer}.mlp.w1"] = Recipe([key], half, info.dtype, _half(0))
+                recipes[f"layers.{layer}.mlp.w3"] = Recipe([key], half, info.dtype, _half(1))
             elif kind == "experts.down_proj":
-                native[f"layers.{layer}.mlp.w2"] = value
+                recipes[f"layers.{layer}.mlp.w2"] = Recipe([key], info.shape, info.dtype)
             else:
-                native[f"layers.{layer}.mlp.gate.weight"] = value
+                recipes[f"layers.{layer}.mlp.gate.weight"] = Recipe([key], info.shape, info.dtype)
         else:
-            native[k] = value
+            recipes[k] = Recipe([key], info.shape, info.dtype)
     for (layer, kind), by_expert in experts.items():
         missing = sorted(set(range(cfg.n_experts)) - set(by_expert))
         if missing or len(by_expert) != cfg.n_experts:
@@ -131,10 +162,19 @@ def from_hf_mixtral(
                 f"{source}: layer {layer} {kind}: expected experts 0..{cfg.n_experts - 1}, "
                 f"missing {missing[:4]}"
             )
-        native[f"layers.{layer}.mlp.{kind}"] = torch.stack(
-            [by_expert[e] for e in range(cfg.n_experts)]
+        keys = [by_expert[e][0] for e in range(cfg.n_experts)]
+        first = by_expert[0][1]
+        recipes[f"layers.{layer}.mlp.{kind}"] = Recipe(
+            keys, (cfg.n_experts, *first.shape), first.dtype, _stack
         )
-    if HEAD not in native:
+    if HEAD not in recipes:
         raise UserError(f"{source}: the weights have no {HEAD} tensor")
-    model = AquilaModel(cfg, device="meta")
-    return load_state_into(model, native, "the checkpoint weights").eval()
+    return recipes
+
+
+def from_hf_mixtral(
+    config: dict[str, Any], state: dict[str, torch.Tensor], source: str = "config.json"
+) -> AquilaModel:
+    """An ``AquilaModel`` holding exactly the tensors of a Mixtral checkpoint (either layout)."""
+    cfg = config_from_hf_mixtral(config, source)
+    return model_from_recipes(cfg, mixtral_recipes(cfg, _infos(state), source), state)

@@ -1,4 +1,17 @@
-"""Model directories on disk: ``model.json`` + ``model.safetensors`` (+ tokenizer files).
+"""Model directories on disk: ``model.json`` + the weights (+ tokenizer files).
+
+The weights of a model dir are one of:
+
+* ``model.safetensors`` (one file, what single-process checkpoints and the tools write);
+* ``model-0000K-of-0000N.safetensors`` + ``model.safetensors.index.json`` (Hugging Face's sharded
+  layout, what ``aquila import`` writes for large models);
+* ``dcp/`` (a multi-process checkpoint: each rank's shards as written by
+  torch.distributed.checkpoint, model and optimizer, no consolidated copy).
+
+``open_weights`` reads any of them through one interface: whole tensors one group at a time
+(export, statistics, a model loaded on one device) or only the box of each tensor that a rank
+holds (``read_into`` with sharded parameters), so no tool needs all the weights in memory at once
+unless it builds the whole model.
 
 A model dir is written into a temporary sibling, fsynced and renamed into place, so a reader never
 sees a half-written one. Run dirs hold model dirs under ``checkpoints/step-NNNNNNNN/``; the
@@ -13,7 +26,9 @@ import os
 import re
 import shutil
 import uuid
-from collections.abc import Iterator, Mapping
+import warnings
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -30,6 +45,8 @@ FORMAT = "aquila"
 FORMAT_VERSION = 1
 CONFIG_FILE = "model.json"
 WEIGHTS_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+DCP_DIR = "dcp"
 TOKENIZER_JSON = "tokenizer.json"
 # Files a tokenizer may consist of; copied verbatim between model dirs and Hugging Face dirs.
 TOKENIZER_FILES = (
@@ -129,24 +146,30 @@ def export_state_dict(model: torch.nn.Module, copy: bool = False) -> dict[str, t
     return out
 
 
-def load_state_into(
-    model: AquilaModel, state: Mapping[str, torch.Tensor], source: str | Path
-) -> AquilaModel:
-    """Check ``state`` against ``model`` (built on meta) and assign it; errors name the tensor."""
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
-    extra = [k for k in state if k not in expected]
+def check_names(
+    expected: Mapping[str, tuple[int, ...]], found: Mapping[str, tuple[int, ...]], source
+) -> None:
+    """Same tensor names and shapes, or a one-line error naming the first that differs."""
+    missing = [k for k in expected if k not in found]
+    extra = [k for k in found if k not in expected]
     if missing:
         raise UserError(f"{source}: missing tensor(s) {missing[:4]} for this model config")
     if extra:
         raise UserError(f"{source}: unexpected tensor(s) {extra[:4]} for this model config")
     for name, want in expected.items():
-        got = state[name]
-        if tuple(got.shape) != tuple(want.shape):
+        if tuple(found[name]) != tuple(want):
             raise UserError(
-                f"{source}: tensor {name} has shape {tuple(got.shape)}, the config needs "
-                f"{tuple(want.shape)}"
+                f"{source}: tensor {name} has shape {tuple(found[name])}, the config needs "
+                f"{tuple(want)}"
             )
+
+
+def load_state_into(
+    model: AquilaModel, state: Mapping[str, torch.Tensor], source: str | Path
+) -> AquilaModel:
+    """Check ``state`` against ``model`` (built on meta) and assign it; errors name the tensor."""
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    check_names(expected, {k: tuple(v.shape) for k, v in state.items()}, source)
     model.load_state_dict(dict(state), assign=True)
     restore_rope(model)
     return model
@@ -154,16 +177,377 @@ def load_state_into(
 
 def restore_rope(model: AquilaModel) -> None:
     """Recompute the rotary tables (non-persistent buffers, still on meta after ``assign``)."""
-    from aquila.model.layers import rope_tables
+    model.reset_rope()
 
-    cfg = model.cfg
-    device = model.embed_tokens.weight.device
-    cos, sin = rope_tables(cfg.head_dim, cfg.max_seq_len, cfg.rope_base, cfg.rope_scaling, device)
-    model.rope_cos, model.rope_sin = cos, sin
+
+def materialize(
+    model: torch.nn.Module,
+    device: torch.device | str,
+    dtype: Callable[[str], torch.dtype] | torch.dtype | None = None,
+) -> torch.nn.Module:
+    """Give every meta parameter of ``model`` uninitialised storage on ``device`` (of ``dtype``,
+    or ``dtype(name)``, or its own); sharded parameters get their local shards only."""
+    if dtype is None or isinstance(dtype, torch.dtype):
+        if dtype is not None:
+            model.to(dtype=dtype)  # free on meta
+        return model.to_empty(device=device)
+    for name, p in list(model.named_parameters()):
+        owner, _, leaf = name.rpartition(".")
+        mod = model.get_submodule(owner) if owner else model
+        mod._parameters[leaf] = torch.nn.Parameter(
+            torch.empty(p.shape, dtype=dtype(name), device=device), requires_grad=p.requires_grad
+        )
+    return model
+
+
+# ---------------------------------------------------------------------------------------------
+# Weight sources: one interface over single-file, sharded and DCP weights
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for s in self.shape:
+            n *= s
+        return n
+
+    def nbytes(self, dtype: torch.dtype | None = None) -> int:
+        return self.numel * (dtype or self.dtype).itemsize
+
+
+_ST_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+
+
+class WeightSource:
+    """Named tensors on disk, read whole (a group at a time) or box by box into shards."""
+
+    label: str
+
+    def infos(self) -> dict[str, TensorInfo]:
+        raise NotImplementedError
+
+    def read(
+        self, names: list[str], dtype: torch.dtype | None = None, device="cpu"
+    ) -> dict[str, torch.Tensor]:
+        """Whole tensors (cast to ``dtype`` when given), on ``device``."""
+        raise NotImplementedError
+
+    def read_into(self, targets: Mapping[str, torch.Tensor]) -> None:
+        """Fill each target (plain or DTensor) with its box of the stored tensor; only that box
+        is read."""
+        raise NotImplementedError
+
+
+class SafetensorsWeights(WeightSource):
+    def __init__(self, files: Mapping[str, Path], label: str):
+        self.files = dict(files)  # tensor name -> file
+        self.label = label
+        self._infos: dict[str, TensorInfo] | None = None
+
+    def _by_file(self, names) -> dict[Path, list[str]]:
+        out: dict[Path, list[str]] = {}
+        for n in names:
+            if n not in self.files:
+                raise UserError(f"{self.label}: no tensor {n!r}")
+            out.setdefault(self.files[n], []).append(n)
+        return out
+
+    @contextlib.contextmanager
+    def _open(self, path: Path):
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                yield f
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise UserError(f"cannot read {path} (corrupt or truncated?): {exc}") from None
+
+    def infos(self) -> dict[str, TensorInfo]:
+        if self._infos is None:
+            infos: dict[str, TensorInfo] = {}
+            for path, names in self._by_file(self.files).items():
+                with self._open(path) as f:
+                    present = set(f.keys())
+                    for n in names:
+                        if n not in present:
+                            raise UserError(f"{self.label}: {path.name} has no tensor {n!r}")
+                        sl = f.get_slice(n)
+                        dt = _ST_DTYPES.get(sl.get_dtype())
+                        if dt is None:
+                            raise UserError(f"{path}: tensor {n} has unsupported dtype")
+                        infos[n] = TensorInfo(tuple(sl.get_shape()), dt)
+            self._infos = {n: infos[n] for n in self.files}
+        return self._infos
+
+    def read(self, names, dtype=None, device="cpu"):
+        out = {}
+        for path, group in self._by_file(names).items():
+            with self._open(path) as f:
+                for n in group:
+                    t = f.get_tensor(n)
+                    out[n] = t.to(device=device, dtype=dtype or t.dtype)
+        return {n: out[n] for n in names}
+
+    @torch.no_grad()
+    def read_into(self, targets):
+        from aquila.model.sharding import local_view
+
+        for path, group in self._by_file(targets).items():
+            with self._open(path) as f:
+                for n in group:
+                    view = local_view(targets[n])
+                    if view.local.numel() == 0:
+                        continue
+                    t = f.get_tensor(n) if view.is_whole else f.get_slice(n)[view.index()]
+                    view.local.copy_(t)
+
+
+class DcpWeights(WeightSource):
+    """The model tensors (keys ``model.*``) of a torch.distributed.checkpoint directory. Every
+    read is local to the calling process (no collective): DCP reads the saved chunks that
+    overlap each target, whichever layout wrote them."""
+
+    PREFIX = "model."
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.label = str(self.path)
+        self._infos: dict[str, TensorInfo] | None = None
+
+    def infos(self) -> dict[str, TensorInfo]:
+        if self._infos is None:
+            from torch.distributed.checkpoint import FileSystemReader
+            from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+            try:
+                meta = FileSystemReader(str(self.path)).read_metadata()
+            except Exception as exc:  # unpickling a damaged file raises many kinds
+                raise UserError(f"cannot read {self.path / '.metadata'}: {exc}") from None
+            self._infos = {
+                k[len(self.PREFIX) :]: TensorInfo(tuple(md.size), md.properties.dtype)
+                for k, md in meta.state_dict_metadata.items()
+                if k.startswith(self.PREFIX) and isinstance(md, TensorStorageMetadata)
+            }
+        return self._infos
+
+    def _load(self, targets: Mapping[str, torch.Tensor]) -> None:
+        import torch.distributed.checkpoint as dcp
+
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+            try:
+                dcp.load({"model": dict(targets)}, checkpoint_id=str(self.path), no_dist=True)
+            except Exception as exc:  # DCP wraps reader errors in CheckpointException
+                raise UserError(f"cannot read {self.path}: {str(exc).splitlines()[0]}") from None
+
+    def read(self, names, dtype=None, device="cpu"):
+        infos = self.infos()
+        missing = [n for n in names if n not in infos]
+        if missing:
+            raise UserError(f"{self.label}: no tensor(s) {missing[:4]}")
+        out = {
+            n: torch.empty(infos[n].shape, dtype=dtype or infos[n].dtype, device=device)
+            for n in names
+        }
+        self._load(out)
+        return out
+
+    def read_into(self, targets):
+        self._load(targets)
+
+
+def weight_layout(path: str | Path) -> str:
+    """ "single", "sharded" or "dcp": which weights the model dir ``path`` holds."""
+    path = Path(path)
+    if (path / WEIGHTS_FILE).is_file():
+        return "single"
+    if (path / INDEX_FILE).is_file():
+        return "sharded"
+    if (path / DCP_DIR / ".metadata").is_file():
+        return "dcp"
+    raise UserError(
+        f"{path} is not a complete model dir: {WEIGHTS_FILE} is missing (nor {INDEX_FILE} or "
+        f"{DCP_DIR}/)"
+    )
+
+
+def read_index(index: Path) -> dict[str, str]:
+    """The ``weight_map`` (tensor -> file name) of a sharded safetensors index."""
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"cannot read {index}: {exc}") from None
+    if not isinstance(weight_map, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) and "/" not in v and v not in ("", ".", "..")
+        for k, v in weight_map.items()
+    ):
+        raise UserError(f"{index}: weight_map must map tensor names to file names in the dir")
+    return weight_map
+
+
+def safetensors_files(path: Path) -> dict[str, Path]:
+    """Tensor name -> file of a single-file or sharded safetensors dir."""
+    from safetensors import SafetensorError, safe_open
+
+    if (path / WEIGHTS_FILE).is_file():
+        file = path / WEIGHTS_FILE
+        try:
+            with safe_open(str(file), framework="pt") as f:
+                names = list(f.keys())  # noqa: SIM118
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise UserError(f"cannot read {file} (corrupt or truncated?): {exc}") from None
+        return dict.fromkeys(names, file)
+    files = {k: path / v for k, v in read_index(path / INDEX_FILE).items()}
+    for file in set(files.values()):
+        if not file.is_file():
+            raise UserError(f"weight file {file} is missing")
+    return files
+
+
+def open_weights(path: str | Path) -> WeightSource:
+    """The weights of model dir ``path``, whichever layout holds them (see the module doc)."""
+    path = Path(path)
+    layout = weight_layout(path)
+    if layout == "dcp":
+        return DcpWeights(path / DCP_DIR)
+    label = str(path / (WEIGHTS_FILE if layout == "single" else INDEX_FILE))
+    return SafetensorsWeights(safetensors_files(path), label)
+
+
+def weight_files(path: str | Path) -> list[Path]:
+    """The files holding a model dir's weights (for sizes on disk)."""
+    path = Path(path)
+    layout = weight_layout(path)
+    if layout == "single":
+        return [path / WEIGHTS_FILE]
+    if layout == "sharded":
+        return sorted(set(safetensors_files(path).values()))
+    return sorted(p for p in (path / DCP_DIR).iterdir() if p.is_file())
+
+
+def weights_bytes(path: str | Path) -> int:
+    """Bytes on disk of a model dir's weights; for DCP shards the model tensors' stored bytes
+    (the optimizer state beside them in the same files is not the model's)."""
+    if weight_layout(path) == "dcp":
+        return sum(i.nbytes() for i in DcpWeights(Path(path) / DCP_DIR).infos().values())
+    return sum(p.stat().st_size for p in weight_files(path))
+
+
+@torch.no_grad()
+def load_weights_into(model: torch.nn.Module, source: WeightSource) -> None:
+    """Fill ``model``'s parameters (materialised, plain or sharded) from ``source``, each rank
+    reading only its boxes; errors name the first tensor that does not fit."""
+    state = model.state_dict()
+    infos = source.infos()
+    check_names(
+        {k: tuple(v.shape) for k, v in state.items()},
+        {k: i.shape for k, i in infos.items()},
+        source.label,
+    )
+    source.read_into(state)
+
+
+def parse_size(text: str | int) -> int:
+    """Bytes from ``5GB``, ``500MB``, ``2GiB`` or a plain number (Hugging Face's units: KB, MB
+    and GB are powers of 1000, KiB, MiB and GiB of 1024)."""
+    units = {
+        "": 1,
+        "B": 1,
+        "KB": 10**3,
+        "MB": 10**6,
+        "GB": 10**9,
+        "TB": 10**12,
+        "KIB": 2**10,
+        "MIB": 2**20,
+        "GIB": 2**30,
+        "TIB": 2**40,
+    }
+    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*", str(text))
+    if not m or m.group(2).upper() not in units:
+        raise UserError(f"size {text!r}: expected a number of bytes or e.g. 5GB, 500MB, 2GiB")
+    size = int(float(m.group(1)) * units[m.group(2).upper()])
+    if size < 1:
+        raise UserError(f"size {text!r} must be at least 1 byte")
+    return size
+
+
+def shard_names(n: int) -> list[str]:
+    """File names of ``n`` weight shards: one file is ``model.safetensors``, as Hugging Face."""
+    if n == 1:
+        return [WEIGHTS_FILE]
+    return [f"model-{i:05d}-of-{n:05d}.safetensors" for i in range(1, n + 1)]
+
+
+def plan_shards(sizes: list[tuple[str, int]], max_bytes: int) -> list[list[str]]:
+    """Consecutive groups of names whose bytes add up to at most ``max_bytes`` (a tensor larger
+    than that gets a file of its own)."""
+    groups: list[list[str]] = []
+    cur: list[str] = []
+    used = 0
+    for name, nbytes in sizes:
+        if cur and used + nbytes > max_bytes:
+            groups.append(cur)
+            cur, used = [], 0
+        cur.append(name)
+        used += nbytes
+    if cur:
+        groups.append(cur)
+    return groups
+
+
+def write_shards(
+    directory: Path,
+    groups: list[list[str]],
+    produce: Callable[[list[str]], dict[str, torch.Tensor]],
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, object]:
+    """Write one safetensors file per group (``produce(group)`` gives its tensors, held only
+    while that file is written) and, for more than one, the index; returns a summary."""
+    from safetensors.torch import save_file
+
+    files = shard_names(len(groups))
+    weight_map: dict[str, str] = {}
+    total = params = 0
+    for file, group in zip(files, groups):
+        tensors = {k: v.contiguous() for k, v in produce(group).items()}
+        save_file(tensors, str(directory / file), metadata={"format": "pt"})
+        for k, v in tensors.items():
+            weight_map[k] = file
+            total += v.numel() * v.element_size()
+            params += v.numel()
+        del tensors
+        if progress is not None:
+            progress(1)
+    if len(files) > 1:
+        index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+        (directory / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
+    return {"files": files, "tensors": len(weight_map), "params": params, "bytes": total}
 
 
 # ---------------------------------------------------------------------------------------------
 # Model dirs
+
+
+def write_model_config(cfg: ModelConfig, directory: Path) -> None:
+    """Write ``model.json`` (the shape) into an existing directory."""
+    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": cfg.to_dict()}
+    (directory / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
 
 
 def write_model_files(
@@ -174,8 +558,7 @@ def write_model_files(
     from safetensors.torch import save_file
 
     model = getattr(model, "_orig_mod", model)
-    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": model.cfg.to_dict()}
-    (directory / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    write_model_config(model.cfg, directory)
     if tensors is None:
         tensors = export_state_dict(model)
     save_file(tensors, str(directory / WEIGHTS_FILE), metadata={"format": "pt"})
@@ -223,10 +606,9 @@ def read_model_config(path: str | Path) -> ModelConfig:
 def load_model_dir(
     path: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype | None = None
 ) -> AquilaModel:
-    """Load a model dir; ``dtype`` casts floating tensors (default: as stored)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
+    """Load a model dir (any weight layout, see the module doc) onto ``device``; ``dtype`` casts
+    floating tensors (default: as stored). Tensors are read one at a time into the model's own
+    storage: the host never holds a second copy of the weights."""
     from aquila.model.transformer import AquilaModel
 
     path = Path(path)
@@ -236,17 +618,20 @@ def load_model_dir(
         from aquila.quant.model import load_quantized_model_dir
 
         return load_quantized_model_dir(path, device)
-    weights = path / WEIGHTS_FILE
-    if not weights.is_file():
-        raise UserError(f"{path} is not a complete model dir: {WEIGHTS_FILE} is missing")
-    try:
-        state = load_file(str(weights), device=str(device))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise UserError(f"cannot read {weights} (corrupt or truncated?): {exc}") from None
-    if dtype is not None:
-        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+    source = open_weights(path)
+    infos = source.infos()
     model = AquilaModel(cfg, device="meta")
-    load_state_into(model, state, weights)
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    check_names(expected, {k: i.shape for k, i in infos.items()}, source.label)
+
+    def dtype_of(name: str) -> torch.dtype:
+        stored = infos[name].dtype
+        return dtype if dtype is not None and stored.is_floating_point else stored
+
+    materialize(model, device, dtype_of)
+    with torch.no_grad():
+        source.read_into(model.state_dict())  # one tensor (or saved chunk) at a time
+    model.reset_rope()
     return model.eval()
 
 

@@ -46,23 +46,33 @@ class AquilaModel(nn.Module):
         if str(device) != "meta":
             self.reset_parameters()
 
+    def param_init(self, name: str) -> float | None:
+        """The initial distribution of parameter ``name``: the std of a zero-mean normal, or
+        None for ones (norm gains). Aquila2's scheme: every matrix N(0, init_std); the experts
+        of a mixture-of-experts layer too, its router N(0, router_std)."""
+        if name.endswith("norm.weight") or "layernorm" in name:
+            return None
+        if self.cfg.n_experts > 0 and name.endswith("mlp.gate.weight"):
+            from aquila.model.moe import router_std
+
+            return router_std(self.cfg)
+        return self.cfg.init_std
+
     @torch.no_grad()
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
-        """Normal(0, init_std) for every matrix, ones for norm gains (Aquila2's scheme)."""
-        std = self.cfg.init_std
+        """Draw every parameter from ``generator`` (or torch's global one) in name order, with
+        the distributions of ``param_init``. Training runs use ``aquila.model.init`` instead,
+        whose values depend on the seed and the names alone, however the model is sharded."""
         for name, p in self.named_parameters():
-            if p.ndim >= 2:
-                p.normal_(0.0, std, generator=generator)
-            elif name.endswith("norm.weight") or "layernorm" in name:
+            std = self.param_init(name)
+            if std is None:
                 p.fill_(1.0)
-        if self.cfg.n_experts > 0:
-            from aquila.model.moe import MoEFFN
+            else:
+                p.normal_(0.0, std, generator=generator)
+        self.reset_rope()
 
-            # Experts and router have their own scheme (the router's std is not init_std).
-            for layer in self.layers:
-                if isinstance(layer.mlp, MoEFFN):
-                    layer.mlp.reset_parameters(generator)
-        # The rotary tables are buffers: recompute them in case the model was built on meta.
+    def reset_rope(self) -> None:
+        """Recompute the rotary tables (buffers, not saved: still empty after a meta build)."""
         cos, sin = rope_tables(
             self.cfg.head_dim,
             self.cfg.max_seq_len,

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-from aquila.checks import check_fields, coerce, integer, number, one_of, rule
+from aquila.checks import Rule, check_fields, coerce, integer, number, one_of, rule
 from aquila.errors import UserError
 
 POLICIES = ("log", "skip", "rewind", "lower-lr", "stop")
@@ -65,6 +66,15 @@ class EvalOptions:
     threads: int = rule(1, integer(at_least=1))
     # Wait for running evaluations when training ends (so results land in the run database).
     wait_on_end: bool = True
+    # Where the evaluation process loads the checkpoint: "auto" is the training device (in the
+    # run's dtype, bf16 on CUDA by default); or "cpu", "cuda", "cuda:N".
+    device: str = rule(
+        "auto",
+        Rule(
+            lambda v: isinstance(v, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", v) is not None,
+            "must be 'auto', 'cpu', 'cuda' or 'cuda:N'",
+        ),
+    )
 
 
 @dataclass

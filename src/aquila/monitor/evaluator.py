@@ -1,10 +1,12 @@
 """Checkpoint evaluation in a separate process, so training never waits for it.
 
 ``EvalTrigger.on_checkpoint`` starts ``python -m aquila.monitor.evaluator RUN_DIR CKPT`` and
-returns at once; the child loads the checkpoint's model dir, computes held-out bits-per-byte per
-source and per language (and any named ``aquila.eval`` tasks) and writes them to the run
-database's ``evals`` table. One evaluation runs at a time; when checkpoints arrive faster, the
-newest waiting one is evaluated next and older waiting ones are dropped.
+returns at once; the child loads the checkpoint (a multi-process one from its DCP shards, tensor
+by tensor) on the training device, or ``monitor.eval.device``, in the run's dtype, computes
+held-out bits-per-byte per source and per language (and any named ``aquila.eval`` tasks) and
+writes them to the run database's ``evals`` table. One evaluation runs at a time; when
+checkpoints arrive faster, the newest waiting one is evaluated next and older waiting ones are
+dropped. A run with nothing to score (no held-out text, no tasks) starts no evaluation at all.
 """
 
 from __future__ import annotations
@@ -33,9 +35,29 @@ class EvalTrigger(Callback):
         self.count = 0
         self.launched: list[int] = []
         self.run_dir: Path | None = None
+        self.idle = False  # nothing to score: never starts a process
+        self.device = "cpu"
+        self.dtype = "auto"
+
+    def on_start(self, trainer: Trainer) -> None:
+        if not trainer.is_main or not self.opts.enabled:
+            return
+        cfg = trainer.cfg
+        self.device = str(trainer.device) if self.opts.device == "auto" else self.opts.device
+        self.dtype = cfg.train.dtype
+        self.idle = not self.opts.tasks and not has_heldout(cfg)
+        if self.idle:
+            from aquila.engine.rundb import RunDB
+
+            RunDB(trainer.run_dir).add_event(
+                trainer.state.step,
+                "eval",
+                "checkpoint evaluation is off: nothing to score (set data.heldout to a held-out "
+                "text dir, or monitor.eval.tasks)",
+            )
 
     def on_checkpoint(self, trainer: Trainer, path: Path) -> None:
-        if not trainer.is_main or not self.opts.enabled:
+        if not trainer.is_main or not self.opts.enabled or self.idle:
             return
         self.count += 1
         if (self.count - 1) % max(1, self.opts.every):
@@ -64,11 +86,18 @@ class EvalTrigger(Callback):
             return
         step, path = self.waiting
         self.waiting = None
-        self.proc = spawn_evaluation(self.run_dir, path, step, self.opts)
+        self.proc = spawn_evaluation(self.run_dir, path, step, self.opts, self.device, self.dtype)
         self.launched.append(step)
 
 
-def spawn_evaluation(run_dir: Path, ckpt: Path, step: int, opts: EvalOptions) -> subprocess.Popen:
+def spawn_evaluation(
+    run_dir: Path,
+    ckpt: Path,
+    step: int,
+    opts: EvalOptions,
+    device: str = "cpu",
+    dtype: str = "auto",
+) -> subprocess.Popen:
     logs = run_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     cmd = [
@@ -83,6 +112,10 @@ def spawn_evaluation(run_dir: Path, ckpt: Path, step: int, opts: EvalOptions) ->
         str(opts.max_bytes),
         "--threads",
         str(opts.threads),
+        "--device",
+        device,
+        "--dtype",
+        dtype,
     ]
     if opts.tasks:
         cmd += ["--tasks", ",".join(opts.tasks), "--task-limit", str(opts.task_limit)]
@@ -92,6 +125,11 @@ def spawn_evaluation(run_dir: Path, ckpt: Path, step: int, opts: EvalOptions) ->
         return subprocess.Popen(
             cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
         )
+
+
+def has_heldout(cfg) -> bool:
+    """Whether a run config has held-out text to score (``heldout_sets`` non-empty)."""
+    return bool(cfg.data.heldout) or not cfg.data.dir
 
 
 def heldout_sets(run_dir: Path, max_bytes: int) -> list:
@@ -115,38 +153,48 @@ def evaluate_checkpoint(
     max_bytes: int = 60_000,
     tasks: list[str] | None = None,
     task_limit: int = 50,
+    device: str = "cpu",
+    dtype: str = "auto",
 ) -> dict[str, Any]:
-    """Evaluate one checkpoint and write the results into the run database."""
+    """Evaluate one checkpoint on ``device`` in the run's ``dtype`` (``train.dtype``: "auto"
+    is bf16 on CUDA, fp32 on CPU) and write the results into the run database."""
+    import torch
+
     from aquila.engine.config import load_config
+    from aquila.engine.device import autocast_dtype
     from aquila.engine.report import evaluate_heldout
     from aquila.model.io import load_model_dir
     from aquila.monitor import store
     from aquila.tokenizer import Tokenizer
 
+    sets = heldout_sets(run_dir, max_bytes)
+    if not sets and not tasks:
+        return {}  # nothing to score: the checkpoint is not even read
     db = store.open_db(run_dir)
     started = time.perf_counter()
+    dev = torch.device(device)
     try:
-        model = load_model_dir(ckpt, device="cpu")
+        model = load_model_dir(ckpt, device=dev, dtype=autocast_dtype(dev, dtype))
     except Exception as exc:  # pruned before we got to it, or unreadable
         db.add_event(step, "eval", f"evaluation of {ckpt.name} skipped: {exc}", "warning")
         return {}
     tokenizer = Tokenizer.load(run_dir / "tokenizer")
     seq_len = load_config(run_dir / "config.toml").data.seq_len
     out: dict[str, Any] = {}
-    sets = heldout_sets(run_dir, max_bytes)
     if sets:
         res = evaluate_heldout(model, tokenizer, sets, seq_len)
         res["seconds"] = round(time.perf_counter() - started, 2)
         res["checkpoint"] = ckpt.name
+        res["device"] = str(dev)
         db.add_eval(step, "heldout-bpb", res)
         out["heldout-bpb"] = res
-    for name, metrics in _run_tasks(ckpt, run_dir, tasks or [], task_limit).items():
+    for name, metrics in _run_tasks(model, tokenizer, tasks or [], task_limit).items():
         db.add_eval(step, name, metrics)
         out[name] = metrics
     return out
 
 
-def _run_tasks(ckpt: Path, run_dir: Path, names: list[str], limit: int) -> dict[str, Any]:
+def _run_tasks(model, tokenizer, names: list[str], limit: int) -> dict[str, Any]:
     if not names:
         return {}
     try:
@@ -155,10 +203,7 @@ def _run_tasks(ckpt: Path, run_dir: Path, names: list[str], limit: int) -> dict[
         from aquila.eval.tasks import get_task
     except ImportError:
         return {}
-    from aquila.model.io import load_model_dir
-    from aquila.tokenizer import Tokenizer
-
-    lm = ModelLM(load_model_dir(ckpt, device="cpu"), Tokenizer.load(run_dir / "tokenizer"), 8)
+    lm = ModelLM(model, tokenizer, 8)
     results = evaluate(lm, [get_task(n) for n in names], limit=limit, show_progress=False)
     return {name: dict(r) for name, r in results.items()}
 
@@ -172,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--tasks", default="")
     p.add_argument("--task-limit", type=int, default=50)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="auto")
     args = p.parse_args(argv)
     import torch
 
@@ -183,6 +230,8 @@ def main(argv: list[str] | None = None) -> int:
         args.max_bytes,
         [t for t in args.tasks.split(",") if t],
         args.task_limit,
+        args.device,
+        args.dtype,
     )
     print(json.dumps({"step": args.step, "tasks": sorted(out)}))
     return 0

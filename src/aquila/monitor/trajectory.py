@@ -1,6 +1,12 @@
 """Weight trajectories (Aquila2 report): per parameter type, the curve of per-layer weight std;
 consecutive checkpoints are compared by the discrete Fréchet distance between their curves,
-divided by the tokens trained between them (reported per 1B tokens)."""
+divided by the tokens trained between them (reported per 1B tokens).
+
+The std of a tensor comes from its sum, sum of squares and count. In a multi-process run each
+rank computes them over its own shards and one all-reduce adds them (an element held by several
+ranks counted once), so no rank ever gathers a weight. A saved checkpoint is read one tensor at a
+time, whatever its layout.
+"""
 
 from __future__ import annotations
 
@@ -65,33 +71,85 @@ def curve_points(stds: list[float]) -> np.ndarray:
     return np.stack([np.arange(len(stds), dtype=np.float64), np.asarray(stds, np.float64)], 1)
 
 
-def std_curves(named: Iterable[tuple[str, torch.Tensor]]) -> dict[str, list[float]]:
-    """Per parameter type, the std of each layer's weights in layer order."""
-    found: dict[str, dict[int, torch.Tensor]] = {}
-    for name, tensor in named:
+def _layer_types(names) -> dict[str, dict[int, str]]:
+    """Per parameter type, layer index -> parameter name, for the names that have a type."""
+    found: dict[str, dict[int, str]] = {}
+    for name in names:
         m = _LAYER.search(name)
-        if not m or m.group(2) not in _SUFFIX_TO_TYPE:
-            continue
-        found.setdefault(_SUFFIX_TO_TYPE[m.group(2)], {})[int(m.group(1))] = tensor
+        if m and m.group(2) in _SUFFIX_TO_TYPE:
+            found.setdefault(_SUFFIX_TO_TYPE[m.group(2)], {})[int(m.group(1))] = name
+    return found
+
+
+def moments(t: torch.Tensor) -> torch.Tensor:
+    """(sum, sum of squares, count) of ``t``'s elements in float64."""
+    x = t.detach().float()
+    return torch.stack(
+        [
+            x.sum(dtype=torch.float64),
+            (x * x).sum(dtype=torch.float64),
+            torch.tensor(x.numel(), dtype=torch.float64, device=x.device),
+        ]
+    )
+
+
+def _curves(found: dict[str, dict[int, str]], stats: dict[str, torch.Tensor]) -> dict:
     curves = {}
     for ptype, layers in found.items():
-        # One stacked transfer per type: a single host sync however deep the model is.
-        stds = torch.stack([layers[i].detach().float().std() for i in sorted(layers)])
-        curves[ptype] = stds.cpu().tolist()
+        m = torch.stack([stats[layers[i]] for i in sorted(layers)]).cpu()  # one host sync
+        total, squares, n = m[:, 0], m[:, 1], m[:, 2]
+        # Unbiased, as torch.std: (sum x^2 - (sum x)^2 / n) / (n - 1).
+        var = (squares - total * total / n).clamp(min=0) / (n - 1).clamp(min=1)
+        curves[ptype] = var.sqrt().tolist()
     return {p: curves[p] for p in PARAM_TYPES if p in curves}
 
 
+def std_curves(named: Iterable[tuple[str, torch.Tensor]]) -> dict[str, list[float]]:
+    """Per parameter type, the std of each layer's (whole) weights in layer order."""
+    tensors = dict(named)
+    found = _layer_types(tensors)
+    stats = {n: moments(tensors[n]) for layers in found.values() for n in layers.values()}
+    return _curves(found, stats)
+
+
 def model_curves(model: torch.nn.Module) -> dict[str, list[float]]:
-    return std_curves(model.named_parameters())
+    """The curves of the weights in memory. With sharded parameters (or any multi-process run)
+    this is a collective: every rank must call it; each reduces its own shards."""
+    import torch.distributed as dist
+
+    from aquila.model.sharding import local_view
+
+    params = dict(model.named_parameters())
+    found = _layer_types(params)
+    names = [n for layers in found.values() for n in layers.values()]
+    if not names:
+        return {}
+    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    if world == 1:
+        return _curves(found, {n: moments(params[n]) for n in names})
+    from aquila.engine.distributed import replica_count
+
+    # Each rank's sums over its own elements, each divided by how many ranks hold a copy; one
+    # all-reduce for every tensor of every layer.
+    local = torch.stack(
+        [moments(local_view(params[n]).local) / replica_count(params[n], world) for n in names]
+    )
+    dist.all_reduce(local)
+    return _curves(found, dict(zip(names, local)))
 
 
 def checkpoint_curves(path: str | Path) -> dict[str, list[float]]:
-    """The curves of a saved model dir (``model.safetensors``), read lazily tensor by tensor."""
-    from safetensors import safe_open
+    """The curves of a saved model dir (any weight layout: one file, sharded, or a multi-process
+    checkpoint's DCP shards), read one tensor at a time."""
+    from aquila.model.io import open_weights
 
-    file = Path(path) / "model.safetensors"
-    with safe_open(str(file), framework="pt") as f:
-        return std_curves((k, f.get_tensor(k)) for k in f.keys() if _LAYER.search(k))  # noqa: SIM118
+    source = open_weights(path)
+    found = _layer_types(source.infos())
+    stats = {}
+    for layers in found.values():
+        for name in layers.values():
+            stats[name] = moments(source.read([name])[name])
+    return _curves(found, stats)
 
 
 def checkpoint_tokens(path: str | Path) -> int:
@@ -112,12 +170,15 @@ def trajectory_distances(
 
 
 class TrajectoryCallback(Callback):
-    """On each checkpoint: the std curves from the in-memory model and the distance to the
-    previous checkpoint, stored per parameter type with the data phase in force."""
+    """On each checkpoint: the std curves of its weights (computed in memory as the save starts)
+    and the distance to the previous checkpoint, stored per parameter type with the data phase
+    in force."""
 
     def __init__(self):
         self.db = None
         self.seen: dict[int, tuple[int, dict[str, list[float]]]] = {}
+        # Curves computed as a save started, by step, until its checkpoint is reported.
+        self.pending: dict[int, dict[str, list[float]]] = {}
 
     def on_start(self, trainer) -> None:
         if not trainer.is_main:
@@ -128,6 +189,13 @@ class TrajectoryCallback(Callback):
         for row in store.trajectory(self.db):
             tokens, curves = self.seen.setdefault(row["step"], (row["tokens"], {}))
             curves[row["ptype"]] = row["curve"]
+
+    def before_save(self, trainer) -> None:
+        # Every rank, at the save's start: the checkpoint's own weights (a background write
+        # completes steps later), reduced across shards without gathering.
+        curves = model_curves(trainer.model)  # collective: every rank takes part
+        if self.db is not None:
+            self.pending[trainer.state.step] = curves
 
     def on_checkpoint(self, trainer, path) -> None:
         if self.db is None:
@@ -141,10 +209,10 @@ class TrajectoryCallback(Callback):
             # A rewind: later curves belong to a path training has left.
             self.seen = {s: v for s, v in self.seen.items() if s < step}
             store.drop_trajectory_after(self.db, step - 1)
-        # A distributed checkpoint's consolidated weights are on disk; the in-memory parameters
-        # are shards only rank 0 cannot reduce alone, or have moved on since a background write.
-        on_disk = trainer.dist.world > 1 or step != trainer.state.step
-        curves = checkpoint_curves(path) if on_disk else model_curves(trainer.model)
+        curves = self.pending.pop(step, None)
+        self.pending = {s: c for s, c in self.pending.items() if s > step}
+        if curves is None:  # saved without before_save (an older caller): read it back
+            curves = checkpoint_curves(path)
         earlier = [s for s, (t, _) in self.seen.items() if t < tokens]
         prev = max(earlier) if earlier else None
         dist = {}

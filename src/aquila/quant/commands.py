@@ -92,7 +92,7 @@ def _quantize(args: argparse.Namespace) -> int:
 
     import torch
 
-    from aquila.model.io import load_model_dir
+    from aquila.model.io import load_model_dir, weights_bytes
     from aquila.quant.calib import calibration_tokens
     from aquila.quant.model import quantize_model, save_quantized_model_dir
     from aquila.tokenizer import Tokenizer
@@ -120,8 +120,8 @@ def _quantize(args: argparse.Namespace) -> int:
         "calib_tokens": int(calib.numel()) if calib is not None else 0,
         "modules": len(qcfg.modules),
         "seconds": round(seconds, 2),
-        "disk_bytes": (args.out / "model.safetensors").stat().st_size,
-        "source_disk_bytes": (model_dir / "model.safetensors").stat().st_size,
+        "disk_bytes": weights_bytes(args.out),
+        "source_disk_bytes": weights_bytes(model_dir),
     }
     if args.compare:
         from aquila.eval.compare import compare_models, compare_table

@@ -256,14 +256,17 @@ def prepare_model(model: AquilaModel) -> AquilaModel:
     return model
 
 
-def load_any_model(path: str | Path, device: torch.device | str = "cpu") -> AquilaModel:
-    """A float or a quantized model dir (or a run dir's latest checkpoint)."""
+def load_any_model(
+    path: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype | None = None
+) -> AquilaModel:
+    """A float (cast to ``dtype`` when given) or a quantized model dir (or a run dir's latest
+    checkpoint)."""
     from aquila.model.io import load_model_dir, resolve_model_dir
 
     model_dir = resolve_model_dir(path)
     if read_quant_config(model_dir) is not None:
         return load_quantized_model_dir(model_dir, device)
-    return load_model_dir(model_dir, device=device)
+    return load_model_dir(model_dir, device=device, dtype=dtype)
 
 
 def model_memory_bytes(model: nn.Module) -> int:
