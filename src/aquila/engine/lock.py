@@ -200,3 +200,10 @@ class RunOwner(Callback):
     def on_end(self, trainer: Trainer, reason: str) -> None:
         if self.lock is not None:
             self.lock.release()
+        if reason != "error" and trainer.dist.world > 1:
+            from aquila.engine.distributed import barrier
+
+            # No rank goes on (to train the same directory again, say) while rank 0 still holds
+            # the lock: its own job's lock would read as another training's. After an error the
+            # ranks may not all get here, so there is no collective then.
+            barrier()
