@@ -346,5 +346,5 @@ def test_eval_device_is_validated():
     from aquila.errors import UserError
 
     assert MonitorOptions.from_any({"eval": {"device": "cuda:1"}}).eval.device == "cuda:1"
-    with pytest.raises(UserError, match="monitor.eval.device 'gpu'"):
+    with pytest.raises(UserError, match="monitor.eval.device = 'gpu'"):
         MonitorOptions.from_any({"eval": {"device": "gpu"}})
