@@ -54,7 +54,7 @@ def test_eval_run_dir_records_results(eval_model_dir, capsys, tmp_path):
     assert stored["step"] == 50 and stored["results"] == res
 
 
-def _mc_file(tmp_path):
+def _mc_file(tmp_path, n=2):
     f = tmp_path / "mc.jsonl"
     rows = [
         {
@@ -62,9 +62,23 @@ def _mc_file(tmp_path):
             "choices": [" the heaven", " 人民", " x"],
             "gold": 0,
         }
-    ] * 2
+    ] * n
     f.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     return f
+
+
+def test_two_mc_files_give_two_results(eval_model_dir, capsys, tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    fa, fb = _mc_file(a), _mc_file(b, n=3)
+    argv = ["eval", str(eval_model_dir), "--json", "--quiet", "--tasks"]
+    assert main([*argv, f"mc:{fa},other=mc:{fb}"]) == 0
+    res = _last_json(capsys.readouterr().out)
+    assert list(res) == ["mc:mc", "other"]
+    assert res["mc:mc"]["n"] == 2 and res["other"]["n"] == 3
+    assert main([*argv, f"mc:{fa},mc:{fb}"]) == 2
+    err = capsys.readouterr().err
+    assert "both named 'mc:mc'" in err and "mc_mc_2=" in err
 
 
 def test_eval_table_output(eval_model_dir, capsys, tmp_path):

@@ -127,6 +127,27 @@ def test_registry_and_errors(tmp_path):
     assert len(task.load(None)) == 1 and math.isclose(task.chance, 1 / 3)
 
 
+def test_every_task_has_a_unique_stable_name(tmp_path):
+    for d in ("a", "b"):
+        (tmp_path / d).mkdir()
+        (tmp_path / d / "x.jsonl").write_text("")
+    tasks = parse_tasks(
+        f"bpb,mc:{tmp_path}/a/x.jsonl,mine=mc:{tmp_path}/b/x.jsonl,mmlu:{tmp_path}/a/"
+    )
+    assert [t.name for t in tasks] == ["bpb", "mc:x", "mine", "mmlu:a"]
+    assert tasks[2].spec == f"mine=mc:{tmp_path}/b/x.jsonl"
+    assert get_task("mc:dir/q.jsonl.gz").name == "mc:q"
+    assert get_task("gsm8k:test.jsonl").name == "gsm8k:test"
+    with pytest.raises(UserError, match=r"are both named 'mc:x'; name one of them, e\.g\. mc_x_2="):
+        parse_tasks(f"mc:{tmp_path}/a/x.jsonl,mc:{tmp_path}/b/x.jsonl")
+    with pytest.raises(UserError, match="'bpb' is given twice"):
+        parse_tasks("bpb,bpb")
+    with pytest.raises(UserError, match="both named 'bpb'"):
+        parse_tasks(f"bpb,bpb=mc:{tmp_path}/a/x.jsonl")
+    with pytest.raises(UserError, match="task name 'a b'"):
+        get_task("a b=bpb")
+
+
 def test_bpb_task_per_source_and_language(eval_lm):
     task = get_task("bpb")
     sources = task.load(1)  # one document per source

@@ -122,13 +122,14 @@ def _eval(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from aquila.eval.results import checkpoint_step, record_results, results_table
-    from aquila.eval.runner import evaluate, load_lm
+    from aquila.eval.runner import evaluate, load_lm, prepare_tasks
     from aquila.eval.tasks import parse_tasks
 
     _check_args(args)
     tasks = parse_tasks(args.tasks)
     console = Console(stderr=args.json)
     _check_sandbox(tasks, args.unsafe_exec, console)
+    prepare_tasks(tasks, args.limit)
     if args.compare:
         from aquila.eval.compare import compare_models
 

@@ -3,12 +3,19 @@
 A :class:`Task` loads its examples once (``load(limit)``), then ``run(lm, examples, opts)``
 returns its metrics; ``chance`` is reported beside the score. For ``bpb`` the chance column is
 the byte-unigram entropy of the same text: what a model that ignores context would score.
+
+Every task of a run has a unique, stable name, the key of its results everywhere (the JSON
+output, the run database, the dashboard): a built-in task's own name, ``FORMAT:STEM`` for a file
+(``mc:a`` for ``mc:data/a.jsonl``; a directory's own name), or the ``NAME`` of
+``NAME=FORMAT:PATH``. Two tasks of one run with the same name are refused.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from aquila.errors import UserError
@@ -36,6 +43,16 @@ class Task:
     run: Callable[[ModelLM, list[Any], RunOptions], dict[str, float]]
     description: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    # The text it was given in (``--tasks`` or ``monitor.eval.tasks``), stored with its results.
+    spec: str = ""
+    # Examples loaded ahead of the model (``prepare``), with the limit they were loaded for.
+    prepared: tuple[int | None, list[Any]] | None = None
+
+    def prepare(self, limit: int | None) -> list[Any]:
+        """Load (and so validate) the examples once; later calls return the same list."""
+        if self.prepared is None or self.prepared[0] != limit:
+            self.prepared = (limit, self.load(limit))
+        return self.prepared[1]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -231,32 +248,85 @@ BUILTIN = {
 FILE_FORMATS = ("mmlu", "ceval", "cmmlu", "hellaswag", "arc", "mc", "gsm8k", "humaneval")
 
 
-def get_task(spec: str) -> Task:
-    """A built-in task name, or ``FORMAT:PATH`` for a local benchmark file or directory."""
+# An explicit task name: letters (any script), digits and ``_ . - /``; no ``:`` (the names
+# the registry gives files have one), ``=`` or ``,``.
+_NAME = re.compile(r"^[\w./-]+$")
+_EXPLICIT = re.compile(r"^([^=:,]+)=(.+)$")
+
+
+def file_stem(path: str) -> str:
+    """``a`` for ``dir/a.jsonl`` or ``a.jsonl.gz``; a directory's own name."""
+    p = Path(path.rstrip("/\\") or path)
+    name = p.name or str(p)
+    for suffix in (".gz", ".jsonl", ".json", ".csv", ".txt"):
+        if name.endswith(suffix) and len(name) > len(suffix):
+            name = name[: -len(suffix)]
+    return name
+
+
+def get_task(spec: str, option: str = "--tasks") -> Task:
+    """A built-in task name, ``FORMAT:PATH`` for a local benchmark file or directory, either
+    one as ``NAME=...`` to name it; ``option`` is where the spec came from (for errors)."""
     spec = spec.strip()
+    name = None
+    m = _EXPLICIT.match(spec)
+    if m:
+        name, body = m.group(1).strip(), m.group(2).strip()
+        if not _NAME.match(name):
+            raise UserError(
+                f"{option}: task name {name!r} in {spec!r} may hold only letters, digits and "
+                "_ . - /"
+            )
+    else:
+        body = spec
+    task = _task_of(body, option)
+    task.name = name or task.name
+    task.spec = spec
+    return task
+
+
+def _task_of(spec: str, option: str) -> Task:
     fmt, sep, path = spec.partition(":")
     if not sep:
         if spec not in BUILTIN:
             raise UserError(
-                f"--tasks: unknown task {spec!r}; built-in tasks: {', '.join(BUILTIN)}; "
+                f"{option}: unknown task {spec!r}; built-in tasks: {', '.join(BUILTIN)}; "
                 f"files: FORMAT:PATH with FORMAT one of {', '.join(FILE_FORMATS)}"
             )
         return BUILTIN[spec]()
     if fmt not in FILE_FORMATS:
         raise UserError(
-            f"--tasks: unknown file format {fmt!r} in {spec!r}; use one of {', '.join(FILE_FORMATS)}"
+            f"{option}: unknown file format {fmt!r} in {spec!r}; use one of "
+            f"{', '.join(FILE_FORMATS)}"
         )
     if not path:
-        raise UserError(f"--tasks: {spec!r} names no file after the colon")
+        raise UserError(f"{option}: {spec!r} names no file after the colon")
     if fmt == "gsm8k":
-        return _gsm8k_task(path)
-    if fmt == "humaneval":
-        return _humaneval_task(path)
-    return _file_mc_task(fmt, path)
+        task = _gsm8k_task(path)
+    elif fmt == "humaneval":
+        task = _humaneval_task(path)
+    else:
+        task = _file_mc_task(fmt, path)
+    task.name = f"{fmt}:{file_stem(path)}"
+    return task
 
 
-def parse_tasks(specs: str) -> list[Task]:
-    tasks = [get_task(s) for s in specs.split(",") if s.strip()]
+def parse_tasks(specs: str | list[str], option: str = "--tasks") -> list[Task]:
+    """The tasks of a comma-separated list (or a list of specs), each under a unique name."""
+    items = specs.split(",") if isinstance(specs, str) else list(specs)
+    tasks = [get_task(s, option) for s in items if s.strip()]
     if not tasks:
-        raise UserError("--tasks is empty")
+        raise UserError(f"{option} is empty")
+    seen: dict[str, Task] = {}
+    for t in tasks:
+        first = seen.get(t.name)
+        if first is None:
+            seen[t.name] = t
+        elif first.spec == t.spec:
+            raise UserError(f"{option}: task {t.spec!r} is given twice")
+        else:
+            raise UserError(
+                f"{option}: {first.spec!r} and {t.spec!r} are both named {t.name!r}; name one "
+                f"of them, e.g. {t.name.replace(':', '_')}_2={t.spec}"
+            )
     return tasks
