@@ -6,6 +6,7 @@ import json
 import shutil
 
 from aquila.cli import main
+from aquila.engine.rundb import RunDB
 
 
 def _last_json(out: str) -> dict:
@@ -50,8 +51,17 @@ def test_eval_run_dir_records_results(eval_model_dir, capsys, tmp_path):
         == 0
     )
     res = _last_json(capsys.readouterr().out)
-    stored = json.loads((run / "eval" / "step-50.json").read_text())
-    assert stored["step"] == 50 and stored["results"] == res
+    (row,) = RunDB(run).evals()
+    assert row["step"] == 50 and row["task"] == "mc:mc" and row["data"]["metrics"] == res["mc:mc"]
+    assert row["data"]["spec"] == "mc:" + str(_mc_file(tmp_path))
+    assert row["data"]["checkpoint"] == "step-00000050" and row["data"]["origin"] == "aquila eval"
+    assert not (run / "eval").exists()
+    # An unreadable run database is refused before anything is scored.
+    (run / "run.sqlite").unlink()
+    (run / "run.sqlite").write_bytes(b"not a database" * 100)
+    assert main(["eval", str(run), "--tasks", "bpb", "--json", "--quiet"]) == 2
+    captured = capsys.readouterr()
+    assert "run database cannot be read" in captured.err and captured.out == ""
 
 
 def _mc_file(tmp_path, n=2):

@@ -12,7 +12,7 @@ from aquila.eval.builtin import en_next_verse, next_sentence_examples, zh_news_c
 from aquila.eval.lm import LogLikelihood
 from aquila.eval.multiple_choice import fewshot_context, score_examples
 from aquila.eval.readers import MCExample
-from aquila.eval.results import checkpoint_step, load_results, record_results
+from aquila.eval.results import checkpoint_step, record_results
 from aquila.eval.tasks import get_task, parse_tasks
 
 
@@ -169,10 +169,22 @@ def test_bpb_task_per_source_and_language(eval_lm):
     assert r["bpb"] > r["chance"]
 
 
-def test_record_and_load_results(tmp_path):
-    results = {"en_next_verse": {"acc": 0.5, "chance": 0.25}}
-    path = record_results(tmp_path, 120, results)
-    assert path == tmp_path / "eval" / "step-120.json"
-    assert load_results(tmp_path) == {120: results}
+def test_results_go_into_the_run_database(tmp_path):
+    from aquila.engine.rundb import RunDB
+
+    results = {"en_next_verse": {"acc": 0.5, "chance": 0.25}, "mine": {"acc": 1.0}}
+    tasks = parse_tasks(f"en_next_verse,mine=mc:{tmp_path}/m.jsonl")
+    path = record_results(tmp_path, 120, results, tasks, meta={"checkpoint": "step-00000120"})
+    assert path == tmp_path / "run.sqlite"
+    rows = RunDB(tmp_path).evals()
+    assert [(r["step"], r["task"]) for r in rows] == [(120, "en_next_verse"), (120, "mine")]
+    assert rows[1]["data"] == {
+        "metrics": {"acc": 1.0},
+        "spec": f"mine=mc:{tmp_path}/m.jsonl",
+        "kind": "multiple_choice",
+        "origin": "aquila eval",
+        "checkpoint": "step-00000120",
+    }
+    assert not (tmp_path / "eval").exists()
     assert checkpoint_step(tmp_path / "checkpoints" / "step-00000120") == 120
     assert checkpoint_step(tmp_path / "model") is None

