@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import pytest
 
@@ -188,3 +189,78 @@ def test_results_go_into_the_run_database(tmp_path):
     assert not (tmp_path / "eval").exists()
     assert checkpoint_step(tmp_path / "checkpoints" / "step-00000120") == 120
     assert checkpoint_step(tmp_path / "model") is None
+
+
+def _own_text(root):
+    """Held-out text the model never saw, in the layouts `bpb:PATH` reads."""
+    (root / "en").mkdir(parents=True)
+    (root / "en" / "letter.txt").write_text(
+        "Dear Anna, the harbour was quiet this morning and the ferry left on time.\n"
+    )
+    (root / "notes.jsonl").write_text(
+        "".join(
+            json.dumps({"text": t}, ensure_ascii=False) + "\n"
+            for t in [
+                "今天的天气很好，我们去公园散步。",
+                "图书馆明天上午九点开门，欢迎大家来借书。",
+            ]
+        )
+    )
+    (root / ".hidden.txt").write_text("never read")
+    (root / "README.md").write_text("ignored: not .txt or .jsonl")
+    return root
+
+
+def test_bpb_on_any_text_per_file_and_language(eval_lm, tmp_path):
+    from aquila.eval.bpb import bits_per_byte, unigram_bpb
+    from aquila.eval.tasks import RunOptions
+
+    root = _own_text(tmp_path / "mine")
+    task = get_task(f"bpb:{root}")
+    assert task.name == "bpb:mine" and task.kind == "bpb"
+    files = task.prepare(None)
+    assert [(f.name, f.lang, len(f.documents)) for f in files] == [
+        ("en/letter.txt", "en", 1),
+        ("notes.jsonl", "zh", 2),
+    ]
+    r = task.run(eval_lm, files, RunOptions())
+    letter = bits_per_byte(eval_lm.model, eval_lm.tokenizer, files[0].documents)
+    assert r["bpb:en/letter.txt"] == pytest.approx(letter["bpb"])
+    assert r["bpb_en"] == pytest.approx(letter["bpb"])  # the only English file
+    assert r["unigram:notes.jsonl"] == pytest.approx(unigram_bpb(files[1].documents))
+    assert r["bpb_zh"] == r["bpb:notes.jsonl"]
+    zh_bytes = sum(len(d.encode()) for d in files[1].documents)
+    pooled = (letter["bpb"] * letter["bytes"] + r["bpb_zh"] * zh_bytes) / (
+        letter["bytes"] + zh_bytes
+    )
+    assert r["bpb"] == pytest.approx(pooled) and r["bytes"] == letter["bytes"] + zh_bytes
+    assert r["chance"] == pytest.approx(unigram_bpb(files[0].documents + files[1].documents))
+    assert r["files"] == 2
+    # One file alone; --limit takes the first documents of each file.
+    single = get_task(f"bpb:{root}/notes.jsonl")
+    (f,) = single.prepare(1)
+    assert f.name == "notes.jsonl" and len(f.documents) == 1
+
+
+@pytest.mark.parametrize(
+    "name,content,message",
+    [
+        ("a.jsonl", '{"text": 5}\n', "a.jsonl:1: field 'text' must be a string"),
+        ("a.jsonl", '{"body": "x"}\n', "a.jsonl:1: missing field 'text'"),
+        ("a.txt", "   \n", "a.txt: no text to score"),
+        ("a.txt", b"caf\xe9", "a.txt:1: not valid UTF-8"),
+    ],
+)
+def test_bpb_text_is_validated(tmp_path, name, content, message):
+    f = tmp_path / name
+    f.write_bytes(content if isinstance(content, bytes) else content.encode())
+    with pytest.raises(UserError, match=re.escape(message)):
+        get_task(f"bpb:{f}").prepare(None)
+
+
+def test_bpb_of_a_dir_without_text_is_refused(tmp_path):
+    (tmp_path / "x.csv").write_text("a,b\n")
+    with pytest.raises(UserError, match="holds no .txt/.jsonl"):
+        get_task(f"bpb:{tmp_path}").prepare(None)
+    with pytest.raises(UserError, match="does not exist"):
+        get_task(f"bpb:{tmp_path}/nope").prepare(None)

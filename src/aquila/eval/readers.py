@@ -344,6 +344,68 @@ MC_READERS = {
 
 
 # ---------------------------------------------------------------------------------------------
+# Plain text for bits per byte
+
+TEXT_SUFFIXES = (".txt", ".jsonl", ".txt.gz", ".jsonl.gz")
+_LANG_DIR = re.compile(r"^([a-z]{2,3}|code)$")
+
+
+@dataclass
+class TextFile:
+    name: str  # the path relative to the directory given (the file's name for a file)
+    lang: str  # its directory's name where that is a language code (en/, zh/, code/), else
+    # the language py3langid detects in its first characters
+    documents: list[str]
+
+
+def read_texts(path: str | Path) -> list[TextFile]:
+    """The documents of a ``.txt`` file (the whole file is one), a ``.jsonl`` file (a ``text``
+    string per line) or a directory of them (hidden files skipped, other suffixes ignored)."""
+    root = Path(path)
+    if not root.exists():
+        raise UserError(f"text file {root} does not exist")
+    if root.is_file():
+        files = [root]
+    else:
+        files = [
+            p
+            for p in sorted(root.rglob("*"))
+            if p.is_file()
+            and p.name.endswith(TEXT_SUFFIXES)
+            and not any(part.startswith(".") for part in p.relative_to(root).parts)
+        ]
+        if not files:
+            raise UserError(f"{root} holds no {'/'.join(TEXT_SUFFIXES)} files")
+    out = []
+    for file in files:
+        if file.name.endswith((".jsonl", ".jsonl.gz")):
+            docs = [field_str(obj, "text", where) for where, obj in jsonl_records(file)]
+        elif file.name.endswith((".txt", ".txt.gz")):
+            docs = [read_text(file)]
+        else:
+            raise UserError(f"{file}: expected a {'/'.join(TEXT_SUFFIXES)} file")
+        if not any(d.strip() for d in docs):
+            raise UserError(f"{file}: no text to score")
+        rel = file.relative_to(root) if file != root else Path(file.name)
+        out.append(TextFile(rel.as_posix(), _text_lang(rel, docs), docs))
+    return out
+
+
+def _text_lang(rel: Path, docs: list[str]) -> str:
+    for part in rel.parts[:-1]:
+        if _LANG_DIR.match(part):
+            return part
+    from aquila.data.langid import MAX_CHARS, detect
+
+    sample = ""
+    for d in docs:
+        sample += d[: MAX_CHARS - len(sample)]
+        if len(sample) >= MAX_CHARS:
+            break
+    return detect(sample).lang
+
+
+# ---------------------------------------------------------------------------------------------
 # Generation benchmarks
 
 

@@ -109,6 +109,50 @@ def _bpb_run(lm: ModelLM, sources: list[Any], opts: RunOptions) -> dict[str, flo
     return dict(sorted(metrics.items(), key=lambda kv: (kv[0].count("_") > 0, len(kv[0]), kv[0])))
 
 
+def _bpb_files_task(path: str) -> Task:
+    """Bits per byte on a user's own text: per file, per language and overall, each beside the
+    byte-unigram entropy of the same text (``unigram...``; ``chance`` is the overall one)."""
+
+    def load(limit: int | None) -> list[Any]:
+        from aquila.eval.readers import read_texts
+
+        files = read_texts(path)
+        for f in files:
+            f.documents = f.documents[:limit] if limit else f.documents
+        return files
+
+    def run(lm: ModelLM, files: list[Any], opts: RunOptions) -> dict[str, float]:
+        from aquila.eval.bpb import bits_per_byte, unigram_bpb
+
+        per_file: dict[str, float] = {}
+        per_file_unigram: dict[str, float] = {}
+        bits: dict[str, float] = {}
+        nbytes: dict[str, int] = {}
+        texts: dict[str, list[str]] = {}
+        for f in files:
+            r = bits_per_byte(lm.model, lm.tokenizer, f.documents, batch_size=lm.batch_size)
+            per_file[f"bpb:{f.name}"] = r["bpb"]
+            per_file_unigram[f"unigram:{f.name}"] = unigram_bpb(f.documents)
+            for key in (f.lang, ""):
+                bits[key] = bits.get(key, 0.0) + r["bpb"] * r["bytes"]
+                nbytes[key] = nbytes.get(key, 0) + r["bytes"]
+                texts.setdefault(key, []).extend(f.documents)
+            if opts.advance:
+                opts.advance(1)
+        metrics: dict[str, float] = {"bpb": bits[""] / nbytes[""]}
+        langs = sorted(k for k in bits if k)
+        metrics.update({f"bpb_{k}": bits[k] / nbytes[k] for k in langs})
+        metrics.update(per_file)
+        metrics.update({f"unigram_{k}": unigram_bpb(texts[k]) for k in langs})
+        metrics.update(per_file_unigram)
+        metrics["bytes"] = nbytes[""]
+        metrics["files"] = len(files)
+        metrics["chance"] = unigram_bpb(texts[""])
+        return metrics
+
+    return Task("bpb", "mixed", "bpb", None, load, run, f"bits per byte on {path}")
+
+
 # ---------------------------------------------------------------------------------------------
 # multiple choice and generation
 
@@ -245,7 +289,17 @@ BUILTIN = {
     ),
     "humaneval": lambda: _humaneval_task(None),
 }
-FILE_FORMATS = ("mmlu", "ceval", "cmmlu", "hellaswag", "arc", "mc", "gsm8k", "humaneval")
+FILE_FORMATS = (
+    "bpb",
+    "mmlu",
+    "ceval",
+    "cmmlu",
+    "hellaswag",
+    "arc",
+    "mc",
+    "gsm8k",
+    "humaneval",
+)
 
 
 # An explicit task name: letters (any script), digits and ``_ . - /``; no ``:`` (the names
@@ -301,7 +355,9 @@ def _task_of(spec: str, option: str) -> Task:
         )
     if not path:
         raise UserError(f"{option}: {spec!r} names no file after the colon")
-    if fmt == "gsm8k":
+    if fmt == "bpb":
+        task = _bpb_files_task(path)
+    elif fmt == "gsm8k":
         task = _gsm8k_task(path)
     elif fmt == "humaneval":
         task = _humaneval_task(path)

@@ -77,7 +77,14 @@ class EvalOptions:
     max_bytes: int = rule(60_000, integer(at_least=1))
     # ``aquila eval`` task specs, as for --tasks (e.g. "bpb:data/heldout", "mc:mine.jsonl",
     # "mine=hellaswag:hs.jsonl"); checked when training starts.
-    tasks: list[str] = field(default_factory=list)
+    tasks: list[str] = rule(
+        [],
+        Rule(
+            _task_specs_ok,
+            "must be a list of `aquila eval` tasks with unique names (a built-in name, "
+            "FORMAT:PATH or NAME=FORMAT:PATH; see docs/eval.md)",
+        ),
+    )
     task_limit: int = rule(50, integer(at_least=1))
     threads: int = rule(1, integer(at_least=1))
     # Wait for running evaluations when training ends (so results land in the run database).
