@@ -56,6 +56,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="solved examples before each question (default 0)",
     )
     p.add_argument(
+        "--fewshot-from",
+        metavar="PATH",
+        default=None,
+        help="few-shot examples of an mmlu/ceval/cmmlu task from this file or directory (its "
+        "dev split); default: the dev files the task's directory holds (*_dev.csv or dev/), or a "
+        "dev/ directory beside it",
+    )
+    p.add_argument(
         "--batch-size", type=int, default=8, help="sequences per forward pass (default 8)"
     )
     p.add_argument(
@@ -135,13 +143,21 @@ def _eval(args: argparse.Namespace) -> int:
 
     from aquila.eval.results import checkpoint_step, record_results, results_table
     from aquila.eval.runner import evaluate, load_lm, prepare_tasks
-    from aquila.eval.tasks import parse_tasks
+    from aquila.eval.tasks import parse_tasks, set_fewshot_from
 
     _check_args(args)
     tasks = parse_tasks(args.tasks)
+    set_fewshot_from(tasks, args.fewshot_from)
     console = Console(stderr=args.json)
     _check_sandbox(tasks, args.unsafe_exec, console)
     prepare_tasks(tasks, args.limit)
+    if args.num_fewshot:
+        for t in tasks:
+            if t.extra.get("fewshot_source"):
+                console.print(
+                    f"{t.name}: few-shot examples from {t.extra['fewshot_source']}",
+                    soft_wrap=True,
+                )
     if not args.compare:
         _check_results_store(args.path)
     if args.compare:

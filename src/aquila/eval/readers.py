@@ -228,44 +228,93 @@ def _letter_example(
     )
 
 
+def mmlu_file(file: Path) -> list[MCExample]:
+    """One MMLU CSV (no header): question, A, B, C, D, answer."""
+    out = []
+    for where, row in csv_rows(file):
+        if len(row) != 6:
+            raise UserError(
+                f"{where}: expected 6 fields (question, A, B, C, D, answer), got {len(row)}"
+            )
+        out.append(_letter_example(row[0], row[1:5], row[5], where, split_group(file)))
+    return out
+
+
+def ceval_file(file: Path) -> list[MCExample]:
+    """One C-Eval / CMMLU CSV with a header naming question, A, B, C, D and answer."""
+    out = []
+    need = ["question", "a", "b", "c", "d", "answer"]
+    rows = csv_rows(file)
+    where, header = next(rows)
+    cols = {c.strip().lower(): i for i, c in enumerate(header)}
+    missing = [c for c in need if c not in cols]
+    if missing:
+        names = [c.upper() if len(c) == 1 else c for c in missing]
+        raise UserError(f"{where}: the header lacks column(s) {names} (C-Eval/CMMLU layout)")
+    for where, row in rows:
+        if len(row) != len(header):
+            lacking = header[len(row) :]
+            detail = f"; field {lacking[0]!r} missing" if lacking else ""
+            raise UserError(f"{where}: {len(row)} fields, the header has {len(header)}{detail}")
+        options = [row[cols[c]] for c in "abcd"]
+        question, answer = row[cols["question"]], row[cols["answer"]]
+        out.append(_letter_example(question, options, answer, where, split_group(file)))
+    if not out:
+        raise UserError(f"{file}: no rows below the header")
+    return out
+
+
+LETTER_FILE_READERS = {"mmlu": mmlu_file, "ceval": ceval_file, "cmmlu": ceval_file}
+
+
 def read_mmlu(path: str | Path) -> list[MCExample]:
     """MMLU CSVs (no header): question, A, B, C, D, answer."""
-    out = []
-    for file in _files(Path(path), (".csv",)):
-        for where, row in csv_rows(file):
-            if len(row) != 6:
-                raise UserError(
-                    f"{where}: expected 6 fields (question, A, B, C, D, answer), got {len(row)}"
-                )
-            out.append(_letter_example(row[0], row[1:5], row[5], where, split_group(file)))
-    return out
+    return [e for f in _files(Path(path), (".csv",)) for e in mmlu_file(f)]
 
 
 def read_ceval(path: str | Path) -> list[MCExample]:
     """C-Eval / CMMLU CSVs with a header naming question, A, B, C, D and answer columns."""
-    out = []
-    need = ["question", "a", "b", "c", "d", "answer"]
-    for file in _files(Path(path), (".csv",)):
-        rows = csv_rows(file)
-        where, header = next(rows)
-        cols = {c.strip().lower(): i for i, c in enumerate(header)}
-        missing = [c for c in need if c not in cols]
-        if missing:
-            names = [c.upper() if len(c) == 1 else c for c in missing]
-            raise UserError(f"{where}: the header lacks column(s) {names} (C-Eval/CMMLU layout)")
-        count = 0
-        for where, row in rows:
-            if len(row) != len(header):
-                lacking = [h for h in header[len(row) :]]
-                detail = f"; field {lacking[0]!r} missing" if lacking else ""
-                raise UserError(f"{where}: {len(row)} fields, the header has {len(header)}{detail}")
-            options = [row[cols[c]] for c in "abcd"]
-            question, answer = row[cols["question"]], row[cols["answer"]]
-            out.append(_letter_example(question, options, answer, where, split_group(file)))
-            count += 1
-        if not count:
-            raise UserError(f"{file}: no rows below the header")
-    return out
+    return [e for f in _files(Path(path), (".csv",)) for e in ceval_file(f)]
+
+
+def is_dev_file(file: Path, root: Path) -> bool:
+    """A few-shot file of a benchmark directory: ``*_dev.csv`` or under a ``dev/`` directory."""
+    rel = file.relative_to(root) if file != root else Path(file.name)
+    return file.name.split(".")[0].endswith("_dev") or "dev" in rel.parts[:-1]
+
+
+def read_letter_split(
+    fmt: str, path: str | Path, fewshot_from: str | Path | None = None
+) -> tuple[list[MCExample], list[MCExample] | None, str]:
+    """The examples to evaluate, the few-shot pool and where the pool came from, for an
+    MMLU/C-Eval/CMMLU file or directory.
+
+    The pool is ``fewshot_from`` if given; else the dev files the directory holds
+    (``*_dev.csv``, or a ``dev/`` directory: they are then not evaluated); else a ``dev/``
+    directory beside an evaluated ``test``/``val`` one (``data/mmlu/dev`` for ``data/mmlu/test``
+    or a file in it), or ``SUBJECT_dev.csv`` beside a ``SUBJECT_test.csv`` file; else None (few-shot examples are then drawn from the evaluated examples)."""
+    read = LETTER_FILE_READERS[fmt]
+    root = Path(path)
+    files = _files(root, (".csv",))
+    dev = [f for f in files if root.is_dir() and is_dev_file(f, root)]
+    evaluated = [f for f in files if f not in dev] or dev  # a dev dir given to be evaluated
+    dev = [f for f in dev if f not in evaluated]
+    examples = [e for f in evaluated for e in read(f)]
+    if fewshot_from is not None:
+        pool_files, source = _files(Path(fewshot_from), (".csv",)), str(fewshot_from)
+    elif dev:
+        pool_files, source = dev, f"the dev files in {root}"
+    else:
+        split_dir = root if root.is_dir() else root.parent
+        sibling = root.parent / f"{split_group(root)}_dev.csv"
+        beside = split_dir.parent / "dev"
+        if root.is_file() and sibling.is_file() and sibling != root:
+            pool_files, source = [sibling], str(sibling)
+        elif split_dir.name in ("test", "val", "validation") and beside.is_dir():
+            pool_files, source = _files(beside, (".csv",)), str(beside)
+        else:
+            return examples, None, "the evaluated examples (no dev split found)"
+    return examples, [e for f in pool_files for e in read(f)], source
 
 
 # ---------------------------------------------------------------------------------------------

@@ -47,6 +47,8 @@ def record_results(
             "origin": origin,
             **(meta or {}),
         }
+        if task is not None and task.extra.get("fewshot_source"):
+            row["fewshot_from"] = task.extra["fewshot_source"]
         db.add_eval(step, name, row)
     return db.path
 

@@ -224,15 +224,42 @@ def _file_mc_task(fmt: str, path: str) -> Task:
     task = Task(fmt, lang, "multiple_choice", 0.25, lambda limit: [], _mc_run, f"{fmt} from {path}")
 
     def load(limit: int | None) -> list[Any]:
-        from aquila.eval.readers import MC_READERS
+        from aquila.eval.readers import MC_READERS, read_letter_split
 
-        examples = MC_READERS[fmt](path)
+        if fmt in LETTER_FORMATS:
+            examples, pool, source = read_letter_split(fmt, path, task.extra.get("fewshot_from"))
+            task.extra.update(fewshot_pool=pool, fewshot_source=source)
+        else:
+            examples = MC_READERS[fmt](path)
         examples = examples[:limit] if limit else examples
         task.chance = _mc_chance(examples)
         return examples
 
-    task.load = load
+    def run(lm: ModelLM, examples: list[Any], opts: RunOptions) -> dict[str, float]:
+        from aquila.eval.multiple_choice import score_examples
+
+        pool = task.extra.get("fewshot_pool")
+        return score_examples(lm, examples, opts.num_fewshot, opts.advance, pool=pool)
+
+    task.load, task.run = load, run
     return task
+
+
+LETTER_FORMATS = ("mmlu", "ceval", "cmmlu")
+
+
+def set_fewshot_from(tasks: list[Task], path: str | None) -> None:
+    """``--fewshot-from PATH``: the few-shot pool of the run's one MMLU/C-Eval/CMMLU task."""
+    if path is None:
+        return
+    letter = [t for t in tasks if t.kind == "multiple_choice" and "fewshot_from" in t.extra]
+    if len(letter) != 1:
+        names = ", ".join(t.name for t in letter) or "none"
+        raise UserError(
+            f"--fewshot-from applies to one mmlu/ceval/cmmlu task, the run has {len(letter)} "
+            f"({names}); give each task its dev split beside it (a dev/ directory) instead"
+        )
+    letter[0].extra["fewshot_from"] = path
 
 
 BUILTIN = {
@@ -363,6 +390,8 @@ def _task_of(spec: str, option: str) -> Task:
         task = _humaneval_task(path)
     else:
         task = _file_mc_task(fmt, path)
+        if fmt in LETTER_FORMATS:
+            task.extra["fewshot_from"] = None
     task.name = f"{fmt}:{file_stem(path)}"
     return task
 
