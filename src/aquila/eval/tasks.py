@@ -220,17 +220,18 @@ def _gsm8k_task(path: str) -> Task:
 
 
 def _file_mc_task(fmt: str, path: str) -> Task:
-    lang = {"ceval": "zh", "cmmlu": "zh"}.get(fmt, "en")
+    lang = "zh" if fmt in ("ceval", "cmmlu", *CLUE_FORMATS) else "en"
     task = Task(fmt, lang, "multiple_choice", 0.25, lambda limit: [], _mc_run, f"{fmt} from {path}")
 
     def load(limit: int | None) -> list[Any]:
+        from aquila.eval.clue import CLUE_READERS
         from aquila.eval.readers import MC_READERS, read_letter_split
 
         if fmt in LETTER_FORMATS:
             examples, pool, source = read_letter_split(fmt, path, task.extra.get("fewshot_from"))
             task.extra.update(fewshot_pool=pool, fewshot_source=source)
         else:
-            examples = MC_READERS[fmt](path)
+            examples = {**MC_READERS, **CLUE_READERS}[fmt](path)
         examples = examples[:limit] if limit else examples
         task.chance = _mc_chance(examples)
         return examples
@@ -324,9 +325,15 @@ FILE_FORMATS = (
     "hellaswag",
     "arc",
     "mc",
+    "tnews",
+    "ocnli",
+    "bustm",
+    "eprstmt",
+    "cluewsc",
     "gsm8k",
     "humaneval",
 )
+CLUE_FORMATS = ("tnews", "ocnli", "bustm", "eprstmt", "cluewsc")
 
 
 # An explicit task name: letters (any script), digits and ``_ . - /``; no ``:`` (the names
