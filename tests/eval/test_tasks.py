@@ -182,6 +182,7 @@ def test_results_go_into_the_run_database(tmp_path):
     assert rows[1]["data"] == {
         "metrics": {"acc": 1.0},
         "spec": f"mine=mc:{tmp_path}/m.jsonl",
+        "path": f"{tmp_path}/m.jsonl",
         "kind": "multiple_choice",
         "origin": "aquila eval",
         "checkpoint": "step-00000120",

@@ -3,8 +3,8 @@
 Results are ``{task name: {metric: value, ..., "chance": c}}``. :func:`record_results` is the
 one place that stores task results for a run, for ``aquila eval RUN`` and for the background
 evaluator alike: one row per task and checkpoint step, ``task`` its unique name, ``data``
-``{"metrics": {...}, "spec": the task as given, "kind": ..., "origin": "aquila eval" or
-"evaluator", "checkpoint": "step-N", ...}``. The run database's ``evals()`` reads them (and the
+``{"metrics": {...}, "spec": the task as given, "path": its file made absolute, "kind": ...,
+"origin": "aquila eval" or "evaluator", "checkpoint": "step-N", ...}``. The run database's ``evals()`` reads them (and the
 evaluator's own ``heldout-bpb`` rows); the dashboard draws them over steps.
 """
 
@@ -47,6 +47,8 @@ def record_results(
             "origin": origin,
             **(meta or {}),
         }
+        if task is not None and task.path:
+            row["path"] = task.path
         if task is not None and task.extra.get("fewshot_source"):
             row["fewshot_from"] = task.extra["fewshot_source"]
         db.add_eval(step, name, row)

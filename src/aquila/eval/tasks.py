@@ -45,6 +45,8 @@ class Task:
     extra: dict[str, Any] = field(default_factory=dict)
     # The text it was given in (``--tasks`` or ``monitor.eval.tasks``), stored with its results.
     spec: str = ""
+    # The file or directory a file task reads, made absolute (stored beside ``spec``).
+    path: str | None = None
     # Examples loaded ahead of the model (``prepare``), with the limit they were loaded for.
     prepared: tuple[int | None, list[Any]] | None = None
 
@@ -400,6 +402,7 @@ def _task_of(spec: str, option: str) -> Task:
         if fmt in LETTER_FORMATS:
             task.extra["fewshot_from"] = None
     task.name = f"{fmt}:{file_stem(path)}"
+    task.path = str(Path(path).absolute())
     return task
 
 
