@@ -45,8 +45,6 @@ class EvalTrigger(Callback):
         cfg = trainer.cfg
         self.device = str(trainer.device) if self.opts.device == "auto" else self.opts.device
         self.dtype = cfg.train.dtype
-        if self.opts.tasks:
-            check_tasks(self.opts.tasks, self.opts.task_limit)
         self.idle = not self.opts.tasks and not has_heldout(cfg)
         if self.idle:
             from aquila.engine.rundb import RunDB
@@ -214,7 +212,8 @@ def _run_tasks(
 
 def check_tasks(specs: list[str], limit: int) -> None:
     """Refuse ``monitor.eval.tasks`` that name no task, collide, or whose files are malformed,
-    when training starts rather than at every checkpoint's evaluation."""
+    before a run starts (``aquila.engine.run.prepare_run``) rather than at every checkpoint's
+    evaluation."""
     from aquila.eval.tasks import parse_tasks
 
     for task in parse_tasks(specs, option="monitor.eval.tasks"):
