@@ -73,17 +73,33 @@ function drawCharts() {
     ? `step ${x[x.length - 1]} · loss ${Number(rows[rows.length - 1].loss).toFixed(4)}` : "no metrics yet";
 }
 
+// The headline metric of a task's results row: bits per byte for bpb tasks, else accuracy,
+// exact match or pass@1.
+const HEADLINE = ["bpb", "acc", "exact_match", "pass@1"];
+
 function drawEvals(evals) {
-  const series = {};
+  const bpb = {}, scores = {};
+  const add = (series, name, step, y) => {
+    if (typeof y === "number") (series[name] = series[name] || []).push([step, y]);
+  };
   for (const e of evals) {
-    if (e.task !== "heldout-bpb") continue;
-    for (const [lang, r] of Object.entries(e.data.languages || {})) {
-      (series[lang] = series[lang] || []).push([e.step, r.bpb]);
+    if (e.task === "heldout-bpb") {
+      for (const [lang, r] of Object.entries(e.data.languages || {})) add(bpb, `${lang} bpb`, e.step, r.bpb);
+      continue;
     }
+    // Task results, of `aquila eval RUN` and of the background evaluator alike (one row per
+    // task name and checkpoint); older rows held the metrics at the top level.
+    const m = e.data.metrics || e.data;
+    const metric = HEADLINE.find((k) => typeof m[k] === "number");
+    if (!metric) continue;
+    add(metric === "bpb" ? bpb : scores, `${e.task} ${metric}`, e.step, m[metric]);
   }
-  const traces = Object.entries(series).map(([lang, pts]) => ({
-    x: pts.map((p) => p[0]), y: pts.map((p) => p[1]), name: `${lang} bpb`, mode: "lines+markers" }));
-  Plotly.react("chart-evals", traces, layoutBase("Held-out bits per byte (checkpoints)", "bits/byte"));
+  const traces = (series) => Object.entries(series).map(([name, pts]) => {
+    pts.sort((a, b) => a[0] - b[0]);
+    return { x: pts.map((p) => p[0]), y: pts.map((p) => p[1]), name, mode: "lines+markers" };
+  });
+  Plotly.react("chart-evals", traces(bpb), layoutBase("Bits per byte (checkpoints)", "bits/byte"));
+  Plotly.react("chart-tasks", traces(scores), layoutBase("Task scores (checkpoints)", "score"));
 }
 
 function drawTrajectory(rows) {
