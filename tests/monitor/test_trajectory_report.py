@@ -46,10 +46,13 @@ def test_settle_criterion_and_verdict():
     assert [p["phase"] for p in s["phases"]] == ["a", "b"]
     (b,) = s["boundaries"]
     assert b["tokens"] == 400 and b["from"] == "a" and b["to"] == "b"
-    # Across the boundary (checkpoint 4): the interval 3..4 (still phase a) against 4..5 (b):
-    # fast 0.9 -> 2.0, slow 6.0 -> 3.0; the median of the seven types is a fast one.
+    # Across the boundary (checkpoint 4): the interval 3..4 (still phase a) against the larger
+    # of 4..5 and 5..6 (b): fast 0.9 -> 2.0, slow 6.0 -> 3.0; the median of the seven types is
+    # a fast one.
     assert b["median_ratio"] == pytest.approx(2.0 / 0.9)
     assert b["max_ratio"] == pytest.approx(2.0 / 0.9)
+    one = settle_summary(rows, window=1)["boundaries"][0]
+    assert one["median_ratio"] == pytest.approx(2.0 / 0.9)
     # MLP settled first when the roles swap; nothing settles with a 1 % threshold.
     swapped = settle_summary(_rows({"q": slow, "gate": fast}, labels))
     assert swapped["attention_first"] is False and swapped["verdict"].startswith("MLP")

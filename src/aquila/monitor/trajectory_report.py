@@ -94,7 +94,9 @@ def _group(types: dict[str, dict[str, Any]], names: tuple[str, ...]) -> dict[str
     }
 
 
-def settle_summary(rows: list[dict[str, Any]], fraction: float = FRACTION) -> dict[str, Any]:
+def settle_summary(
+    rows: list[dict[str, Any]], fraction: float = FRACTION, window: int = 2
+) -> dict[str, Any]:
     """The settle criterion per type and per group (attention q,k,v,o vs MLP gate,up,down), the
     verdict in words, and the distance ratio across each phase boundary."""
     series = distance_series(rows)
@@ -136,20 +138,22 @@ def settle_summary(rows: list[dict[str, Any]], fraction: float = FRACTION) -> di
     for prev, nxt in zip(spans, spans[1:]):
         ratios = []
         for pts in series.values():
-            # The last interval that ended by the change, and the first that began after it.
+            # The last interval that ended by the change against the largest of the first
+            # ``window`` intervals that began after it (a response may lag one interval).
             before = [p for p in pts if p["tokens"] <= nxt["from_tokens"]]
             after = [
                 p
                 for p in pts
                 if p["from_tokens"] is not None and p["from_tokens"] >= nxt["from_tokens"]
-            ]
+            ][:window]
             if before and after and before[-1]["distance"] > 0:
-                ratios.append(after[0]["distance"] / before[-1]["distance"])
+                ratios.append(max(p["distance"] for p in after) / before[-1]["distance"])
         boundaries.append(
             {
                 "from": prev["phase"],
                 "to": nxt["phase"],
                 "tokens": nxt["from_tokens"],
+                "window": window,
                 # > 1: the weights moved faster right after the change than right before it.
                 "median_ratio": statistics.median(ratios) if ratios else None,
                 "max_ratio": max(ratios) if ratios else None,
@@ -190,8 +194,9 @@ def format_summary(s: dict[str, Any]) -> list[str]:
     for b in s["boundaries"]:
         if b["median_ratio"] is not None:
             lines.append(
-                f"  phase {b['from']} -> {b['to']} at {b['tokens']:,} tokens: distance after / "
-                f"before x{b['median_ratio']:.2f} (median over types, max x{b['max_ratio']:.2f})"
+                f"  phase {b['from']} -> {b['to']} at {b['tokens']:,} tokens: largest of the next "
+                f"{b['window']} distances / the last before x{b['median_ratio']:.2f} (median over "
+                f"types, max x{b['max_ratio']:.2f})"
             )
     return lines
 
