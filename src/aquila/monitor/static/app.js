@@ -102,23 +102,32 @@ function drawEvals(evals) {
   Plotly.react("chart-tasks", traces(scores), layoutBase("Task scores (checkpoints)", "score"));
 }
 
-function drawTrajectory(rows) {
+function drawTrajectory(rows, summary) {
   const labels = [...new Set(rows.map((r) => r.label))];
   const colour = (l) => PALETTE[labels.indexOf(l) % PALETTE.length];
   const types = [...new Set(rows.map((r) => r.ptype))];
   const traces = types.map((t) => {
     const pts = rows.filter((r) => r.ptype === t && r.distance !== null);
-    return { x: pts.map((r) => r.step), y: pts.map((r) => r.distance), name: t,
-      mode: "lines+markers", text: pts.map((r) => r.label),
-      hovertemplate: `${t}: %{y:.4g} per 1B tokens<br>step %{x} · %{text}<extra></extra>`,
+    return { x: pts.map((r) => r.tokens), y: pts.map((r) => r.distance), name: t,
+      mode: "lines+markers", text: pts.map((r) => `step ${r.step} · ${r.label}`),
+      hovertemplate: `${t}: %{y:.4g} per 1B tokens<br>%{x:,} tokens · %{text}<extra></extra>`,
       marker: { size: 9, color: pts.map((r) => colour(r.label)), line: { width: 1, color: "#000" } } };
   });
-  // Legend entries for the phases (the marker colours).
+  // Legend entries for the phases (the marker colours and the shaded spans).
   labels.forEach((l) => traces.push({ x: [null], y: [null], name: `phase: ${l}`, mode: "markers",
     marker: { size: 10, color: colour(l) } }));
+  const phases = (summary && summary.phases) || [];
+  const end = rows.length ? Math.max(...rows.map((r) => r.tokens)) : 0;
+  const shapes = phases.map((p, i) => ({ type: "rect", xref: "x", yref: "paper", y0: 0, y1: 1,
+    x0: p.from_tokens, x1: i + 1 < phases.length ? phases[i + 1].from_tokens : end,
+    fillcolor: colour(p.phase), opacity: 0.12, line: { width: 0 }, layer: "below" }));
   Plotly.react("chart-trajectory", traces, layoutBase(
-    "Weight trajectory: Fréchet distance of per-layer std curves per 1B tokens (markers: data phase)",
-    "distance / 1B tokens", { yaxis: { type: "log", title: { text: "distance / 1B tokens" } } }));
+    "Weight trajectory: Fréchet distance of per-layer std curves per 1B tokens (colour: data phase)",
+    "distance / 1B tokens", { shapes, xaxis: { title: { text: "tokens" } },
+      yaxis: { type: "log", title: { text: "distance / 1B tokens" } } }));
+  const note = document.getElementById("trajectory-summary");
+  note.textContent = summary && Object.keys(summary.types || {}).length
+    ? `${summary.verdict} (${summary.criterion}).` : "";
 }
 
 function drawMixture(mix) {
@@ -212,11 +221,12 @@ async function refreshMetrics() {
 }
 
 async function refreshSlow() {
-  const [summary, mix, events, evals, traj, sugg] = await Promise.all(["/api/summary",
-    "/api/mixture", "/api/events", "/api/evals", "/api/trajectory", "/api/suggestions"].map((p) => api(p)));
+  const [summary, mix, events, evals, traj, sugg, settle] = await Promise.all(["/api/summary",
+    "/api/mixture", "/api/events", "/api/evals", "/api/trajectory", "/api/suggestions",
+    "/api/trajectory-summary"].map((p) => api(p)));
   document.getElementById("run-name").textContent = summary.name;
   document.getElementById("run-status").textContent = summary.status;
-  drawMixture(mix); drawEvents(events); drawEvals(evals); drawTrajectory(traj); drawSuggestions(sugg);
+  drawMixture(mix); drawEvents(events); drawEvals(evals); drawTrajectory(traj, settle); drawSuggestions(sugg);
 }
 
 let tick = 0;
