@@ -265,3 +265,26 @@ def test_bpb_of_a_dir_without_text_is_refused(tmp_path):
         get_task(f"bpb:{tmp_path}").prepare(None)
     with pytest.raises(UserError, match="does not exist"):
         get_task(f"bpb:{tmp_path}/nope").prepare(None)
+
+
+def test_table_puts_each_bpb_beside_the_unigram_entropy_of_its_own_text():
+    from rich.console import Console
+
+    from aquila.eval.results import results_table
+
+    res = {
+        "bpb:mine": {
+            "bpb": 2.5,
+            "bpb_en": 2.0,
+            "bpb:a.txt": 2.0,
+            "unigram_en": 4.25,
+            "unigram:a.txt": 4.25,
+            "bytes": 10,
+            "chance": 4.75,
+        }
+    }
+    console = Console(width=200, record=True)
+    console.print(results_table(res))
+    rows = {ln.split("│")[2].strip(): ln for ln in console.export_text().splitlines() if "│" in ln}
+    assert "4.7500" in rows["bpb"] and "4.2500" in rows["bpb_en"] and "4.2500" in rows["bpb:a.txt"]
+    assert "unigram_en" not in rows and rows["bytes"].split("│")[4].strip() == ""

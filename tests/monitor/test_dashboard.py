@@ -450,7 +450,9 @@ def test_aquila_eval_results_reach_the_dashboard(run_copy, tmp_path, capsys):
     evaluator's, and the dashboard serves both over checkpoint steps."""
     f = tmp_path / "qa.jsonl"
     f.write_text(json.dumps({"query": "In the beginning", "choices": [" God", " x"], "gold": 0}))
-    args = ["eval", str(run_copy), "--tasks", f"bpb,mine=mc:{f}", "--quiet", "--json"]
+    txt = tmp_path / "unseen.txt"
+    txt.write_text("The ferry left the harbour on time this morning.\n")
+    args = ["eval", str(run_copy), "--tasks", f"bpb:{txt},mine=mc:{f}", "--quiet", "--json"]
     assert main(args) == 0
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     s = Server(run_copy)
@@ -458,7 +460,7 @@ def test_aquila_eval_results_reach_the_dashboard(run_copy, tmp_path, capsys):
         evals = json.loads(_get(s.base + "/api/evals", {"X-Aquila-Token": s.token})[1])
     finally:
         s.close()
-    assert {e["task"] for e in evals} >= {"heldout-bpb", "bpb", "mine"}
+    assert {e["task"] for e in evals} >= {"heldout-bpb", "bpb:unseen", "mine"}
     mine = [e for e in evals if e["task"] == "mine"]
     assert [e["step"] for e in mine] == [12]  # the run's latest checkpoint
     assert mine[0]["data"]["metrics"] == printed["mine"]

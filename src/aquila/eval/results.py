@@ -76,15 +76,26 @@ def results_table(
         table.add_column(t, justify="right")
     table.add_column("chance", justify="right")
     for task, metrics in results.items():
-        chance = metrics.get("chance")
         for metric in metrics:
-            if metric == "chance":
-                continue
+            if metric == "chance" or _unigram_of(metric, metrics) is not None:
+                continue  # shown in the chance column of its bpb row
             row = [_fmt(c.get(task, {}).get(metric, "")) for c in columns]
-            table.add_row(
-                task,
-                metric,
-                *row,
-                _fmt(chance) if chance is not None and metric not in ("n", "seconds") else "",
-            )
+            table.add_row(task, metric, *row, _fmt_chance(metric, metrics))
     return table
+
+
+def _unigram_of(metric: str, metrics: dict[str, Any]) -> str | None:
+    """The bpb metric a ``unigram...`` metric stands beside (``unigram_en``: ``bpb_en``)."""
+    if metric.startswith("unigram") and "bpb" + metric[len("unigram") :] in metrics:
+        return "bpb" + metric[len("unigram") :]
+    return None
+
+
+def _fmt_chance(metric: str, metrics: dict[str, Any]) -> str:
+    """The chance column: a bpb metric's own byte-unigram entropy where the task measured it
+    (``bpb:PATH`` per file and language), else the task's chance; none for counts."""
+    if metric in ("n", "seconds", "bytes", "files"):
+        return ""
+    own = metrics.get("unigram" + metric[3:]) if metric.startswith("bpb") else None
+    chance = own if own is not None else metrics.get("chance")
+    return _fmt(chance) if chance is not None else ""
