@@ -200,3 +200,22 @@ def test_cli_bad_input_exits_2_naming_the_file(
     assert main(["data", "inspect", str(out)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("aquila: error:") and "en/tokens.bin" in err and "truncated" in err
+
+
+def test_long_documents_are_encoded_in_pieces_as_a_whole(
+    tmp_path, monkeypatch, english_text, chinese_text, tiny_tokenizer
+):
+    import aquila.data.shards as shards
+
+    # Small pieces and batches, so documents span many pieces and batches.
+    monkeypatch.setattr(shards, "PIECE_CHARS", 300)
+    monkeypatch.setattr(shards, "BATCH_CHARS", 1000)
+    one_line = english_text[:15_000].replace("\n", " ") + chinese_text[:5_000]
+    texts = ["In the beginning", one_line, chinese_text[5_000:5_900], english_text[20_000:21_000]]
+    raw = write_jsonl(tmp_path / "docs.jsonl", texts)
+    m = tokenize_source("long", [raw], tiny_tokenizer, tmp_path / "out", show_progress=False)
+    src = TokenSource(tmp_path / "out" / "long")
+    assert m["documents"] == 4 and m["bytes"] == sum(len(t.encode()) for t in texts)
+    expected = [np.asarray([*tiny_tokenizer.encode(t), tiny_tokenizer.eos_id]) for t in texts]
+    assert np.array_equal(np.asarray(src.tokens), np.concatenate(expected))
+    assert src.doc_offsets.tolist() == np.cumsum([0, *map(len, expected)]).tolist()

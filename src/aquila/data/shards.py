@@ -16,6 +16,7 @@ import os
 import shutil
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,7 @@ import numpy as np
 from aquila.data.kinds import check_lang_kind
 from aquila.data.readers import Document, ReadStats, iter_documents, list_files
 from aquila.errors import UserError
+from aquila.tokenizer.pieces import pieces
 
 FORMAT_VERSION = 1
 TOKENS_FILE = "tokens.bin"
@@ -50,15 +52,68 @@ def read_manifest(source_dir: Path) -> dict | None:
         raise UserError(f"{path}: corrupt manifest ({exc})") from None
 
 
-def _batches(docs: Iterator[Document], size: int) -> Iterator[list[Document]]:
-    batch: list[Document] = []
+# A document longer than PIECE_CHARS is encoded in pieces cut at pre-token boundaries (the ids
+# are those of the whole document); an encode call holds at most about BATCH_CHARS characters, so
+# the tokenizer's per-token bookkeeping (offsets, token strings: hundreds of bytes a token) stays
+# bounded whatever the size of one document.
+PIECE_CHARS = 1 << 16
+BATCH_CHARS = 1 << 20
+
+
+@dataclass
+class EncodeBatch:
+    """Pieces of documents to encode together; ``ends[i]``: piece i ends its document."""
+
+    pieces: list[str] = field(default_factory=list)
+    ends: list[bool] = field(default_factory=list)
+    chars: int = 0
+    documents: int = 0
+
+    def add(self, piece: str, end: bool) -> None:
+        self.pieces.append(piece)
+        self.ends.append(end)
+        self.chars += len(piece)
+        self.documents += end
+
+
+def encode_batches(
+    docs: Iterator[Document], batch_docs: int, batch_chars: int | None = None
+) -> Iterator[EncodeBatch]:
+    """The documents' pieces, in order, grouped into batches of at most ``batch_docs`` document
+    ends and about ``batch_chars`` (default ``BATCH_CHARS``) characters; a document may span
+    batches."""
+    batch_chars = batch_chars or BATCH_CHARS
+    batch = EncodeBatch()
     for doc in docs:
-        batch.append(doc)
-        if len(batch) >= size:
-            yield batch
-            batch = []
-    if batch:
+        for piece, end in _with_last(pieces(doc.text, PIECE_CHARS)):
+            batch.add(piece, end)
+            if batch.documents >= batch_docs or batch.chars >= batch_chars:
+                yield batch
+                batch = EncodeBatch()
+    if batch.pieces:
         yield batch
+
+
+def _with_last(items: Iterator[str]) -> Iterator[tuple[str, bool]]:
+    prev = next(items)
+    for item in items:
+        yield prev, False
+        prev = item
+    yield prev, True
+
+
+def encode_batch(tokenizer, batch: EncodeBatch) -> tuple[np.ndarray, np.ndarray, int]:
+    """(tokens with an EOS after each document's last piece, tokens per piece including that
+    EOS, UTF-8 bytes of the text) of one batch."""
+    eos = np.array([tokenizer.eos_id], dtype=TOKEN_DTYPE)
+    parts, lengths = [], np.empty(len(batch.pieces), np.int64)
+    for i, (ids, end) in enumerate(zip(tokenizer.encode_batch(batch.pieces), batch.ends)):
+        parts.append(np.asarray(ids, dtype=TOKEN_DTYPE))
+        if end:
+            parts.append(eos)
+        lengths[i] = len(ids) + end
+    tokens = np.concatenate(parts) if parts else np.zeros(0, TOKEN_DTYPE)
+    return tokens, lengths, sum(len(p.encode("utf-8")) for p in batch.pieces)
 
 
 def _file_documents(paths: list[Path], stats: ReadStats, per_file: list[dict], on_file_done):
@@ -113,23 +168,19 @@ def tokenize_source(
     stats = ReadStats()
     per_file: list[dict] = []
     total_bytes = sum(f.stat().st_size for f in files)
-    eos = np.array([tokenizer.eos_id], dtype=TOKEN_DTYPE)
     lengths: list[np.ndarray] = []
     text_bytes = 0
+    doc_tokens = 0  # tokens so far of a document whose pieces span batches
     t0 = time.perf_counter()
     with _progress(show_progress, f"tokenize {name}", total_bytes) as advance:
         docs = _file_documents(files, stats, per_file, advance)
         with (out / TOKENS_FILE).open("wb") as f:
-            for batch in _batches(docs, batch_docs):
-                texts = [d.text for d in batch]
-                encoded = tokenizer.encode_batch(texts)
-                parts = []
-                for ids in encoded:
-                    parts.append(np.asarray(ids, dtype=TOKEN_DTYPE))
-                    parts.append(eos)
-                f.write(np.concatenate(parts).tobytes())
-                lengths.append(np.fromiter((len(ids) + 1 for ids in encoded), np.int64))
-                text_bytes += sum(len(t.encode("utf-8")) for t in texts)
+            for batch in encode_batches(docs, batch_docs):
+                tokens, piece_lengths, nbytes = encode_batch(tokenizer, batch)
+                f.write(tokens.tobytes())
+                text_bytes += nbytes
+                doc_lengths, doc_tokens = _document_lengths(piece_lengths, batch.ends, doc_tokens)
+                lengths.append(doc_lengths)
             f.flush()
             os.fsync(f.fileno())
     seconds = time.perf_counter() - t0
@@ -152,6 +203,18 @@ def tokenize_source(
     }
     _write_json_atomic(out / MANIFEST_FILE, manifest)
     return {**manifest, "seconds": seconds, "mb_per_s": text_bytes / 1e6 / max(seconds, 1e-9)}
+
+
+def _document_lengths(
+    piece_lengths: np.ndarray, ends: list[bool], carried: int
+) -> tuple[np.ndarray, int]:
+    """Tokens per document ended in this batch (the first one adds ``carried`` from earlier
+    batches), and the tokens of a document still open at the batch's end."""
+    cum = np.cumsum(piece_lengths) + carried
+    end_at = cum[np.asarray(ends, dtype=bool)]
+    doc_lengths = np.diff(end_at, prepend=0)
+    open_tokens = int(cum[-1] - (end_at[-1] if len(end_at) else 0)) if len(cum) else carried
+    return doc_lengths, open_tokens
 
 
 class _progress:
