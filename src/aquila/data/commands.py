@@ -79,8 +79,9 @@ def _register_inspect(dsub: argparse._SubParsersAction) -> None:
         "inspect",
         help="list the token sources of a data directory",
         description=(
-            "List the finished token sources of DATA_DIR with their documents, tokens and "
-            "tokenizer, after checking each shard against its manifest."
+            "List the finished token sources of DATA_DIR with their documents, tokens, largest "
+            "token id and tokenizer, after checking each shard against its manifest (a damaged "
+            "shard is refused naming the file)."
         ),
     )
     i.add_argument("data_dir", type=Path, metavar="DATA_DIR")
@@ -191,6 +192,7 @@ def _inspect(args: argparse.Namespace) -> int:
             "tokens": s.num_tokens,
             "bytes": s.manifest["bytes"],
             "tokenizer_hash": s.tokenizer_hash,
+            "max_token_id": s.scan().max_token_id,
         }
         for name, s in sources.items()
     ]
@@ -206,8 +208,9 @@ def _inspect(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     table = Table(title=str(args.data_dir))
-    for col in ("source", "lang", "kind", "documents", "tokens", "MB", "tokenizer"):
-        table.add_column(col, justify="right" if col in ("documents", "tokens", "MB") else "left")
+    numbers = ("documents", "tokens", "MB", "max id")
+    for col in ("source", "lang", "kind", "documents", "tokens", "MB", "max id", "tokenizer"):
+        table.add_column(col, justify="right" if col in numbers else "left")
     for r in rows:
         table.add_row(
             r["source"],
@@ -216,6 +219,7 @@ def _inspect(args: argparse.Namespace) -> int:
             f"{r['documents']:,}",
             f"{r['tokens']:,}",
             f"{r['bytes'] / 1e6:.2f}",
+            f"{r['max_token_id']:,}",
             r["tokenizer_hash"],
         )
     Console().print(table)
