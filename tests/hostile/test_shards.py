@@ -201,3 +201,32 @@ def test_a_data_dir_that_cannot_keep_the_scan_still_opens(data_copy):
     sc._MEMORY.clear()
     assert TokenSource(src).scan().max_token_id < 512
     assert (src / SCAN_FILE).is_dir() and not list(src.glob("*.tmp"))
+
+
+def test_a_live_add_source_of_a_damaged_shard_is_rejected(data_copy, tiny_config, tmp_path):
+    from aquila.engine.callbacks import Callback
+    from aquila.engine.run import prepare_run
+    from aquila.engine.rundb import RunDB
+
+    _token(9999)(data_copy / "news")
+    cfg = tiny_config(
+        data_copy,
+        tmp_path / "run",
+        "data.sources=['kjv']",
+        "train.batch_size=4",
+        "train.max_steps=3",
+        "monitor.eval.enabled=false",
+    )
+    run = prepare_run(cfg, quiet=True)
+    d = str(run.run_dir)
+
+    class AddAfterFirst(Callback):
+        def on_step(self, trainer, metrics):
+            if metrics["step"] == 1:
+                assert main(["control", d, "add-source", "news"]) == 0  # queued
+
+    run.trainer.callbacks.append(AddAfterFirst())
+    assert run.trainer.fit() == "completed"  # the training went on without it
+    (row,) = RunDB(d).commands()
+    assert row["status"] == "rejected" and "token id 9999 is beyond" in row["reason"]
+    assert run.data.source_names == ["kjv"]
