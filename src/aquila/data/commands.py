@@ -69,6 +69,14 @@ def _register_tokenize(dsub: argparse._SubParsersAction) -> None:
     t.add_argument(
         "--batch-docs", type=int, default=1024, help="documents per encode batch (default: 1024)"
     )
+    t.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="encode in N worker processes (default: 1, which still uses the tokenizer's "
+        "threads); the shards are identical whatever N",
+    )
     t.add_argument("--force", action="store_true", help="redo a source that is already finished")
     t.add_argument("--json", action="store_true", help="print the manifest as one JSON object")
     t.set_defaults(func=_tokenize)
@@ -95,6 +103,8 @@ def _tokenize(args: argparse.Namespace) -> int:
 
     if args.batch_docs < 1:
         raise UserError(f"--batch-docs must be >= 1, got {args.batch_docs}")
+    if args.workers < 1:
+        raise UserError(f"--workers must be >= 1, got {args.workers}")
     tokenizer = Tokenizer.load(args.tokenizer)
     if args.workspace is not None:
         return _tokenize_workspace(args, tokenizer)
@@ -110,6 +120,7 @@ def _tokenize(args: argparse.Namespace) -> int:
         batch_docs=args.batch_docs,
         show_progress=not args.json,
         force=args.force,
+        workers=args.workers,
     )
     if args.json:
         print(json.dumps(manifest, ensure_ascii=False))
@@ -121,8 +132,8 @@ def _tokenize(args: argparse.Namespace) -> int:
         print(f"{where}: wrote {manifest['documents']:,} documents, {manifest['tokens']:,} tokens")
         print(
             f"  {manifest['bytes'] / 1e6:.2f} MB of text in {manifest['seconds']:.2f} s "
-            f"({manifest['mb_per_s']:.2f} MB/s), {manifest['bytes'] / max(manifest['tokens'], 1):.2f} "
-            "bytes/token"
+            f"({manifest['mb_per_s']:.2f} MB/s, {manifest['workers']} worker(s)), "
+            f"{manifest['bytes'] / max(manifest['tokens'], 1):.2f} bytes/token"
         )
     skipped = manifest["skipped"]
     if skipped["total"]:
@@ -160,14 +171,16 @@ def _tokenize_workspace(args: argparse.Namespace, tokenizer) -> int:
                     batch_docs=args.batch_docs,
                     show_progress=not args.json,
                     force=args.force,
+                    workers=args.workers,
                 )
             )
             if not args.json:
                 m = manifests[-1]
                 state = "already tokenized" if m.get("skipped_existing") else "tokenized"
+                speed = "" if m.get("skipped_existing") else f", {m['mb_per_s']:.2f} MB/s"
                 print(
                     f"{args.out / src.name}: {state}, {m['documents']:,} documents, "
-                    f"{m['tokens']:,} tokens"
+                    f"{m['tokens']:,} tokens{speed}"
                 )
     finally:
         ws.close()

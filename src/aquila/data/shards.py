@@ -15,14 +15,13 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from aquila.data.encode import document_lengths, encode_batches, encoded_batches
 from aquila.data.kinds import check_lang_kind
-from aquila.data.readers import Document, ReadStats, iter_documents, list_files
+from aquila.data.readers import ReadStats, iter_documents, list_files
 from aquila.data.shard_check import (
     TOKEN_DTYPE,
     TOKENS_FILE,
@@ -34,7 +33,6 @@ from aquila.data.shard_check import (
     write_scan,
 )
 from aquila.errors import UserError
-from aquila.tokenizer.pieces import pieces
 
 FORMAT_VERSION = 1
 OFFSETS_FILE = "doc_offsets.npy"
@@ -66,70 +64,6 @@ def read_manifest(source_dir: Path) -> dict | None:
     return manifest
 
 
-# A document longer than PIECE_CHARS is encoded in pieces cut at pre-token boundaries (the ids
-# are those of the whole document); an encode call holds at most about BATCH_CHARS characters, so
-# the tokenizer's per-token bookkeeping (offsets, token strings: hundreds of bytes a token) stays
-# bounded whatever the size of one document.
-PIECE_CHARS = 1 << 16
-BATCH_CHARS = 1 << 20
-
-
-@dataclass
-class EncodeBatch:
-    """Pieces of documents to encode together; ``ends[i]``: piece i ends its document."""
-
-    pieces: list[str] = field(default_factory=list)
-    ends: list[bool] = field(default_factory=list)
-    chars: int = 0
-    documents: int = 0
-
-    def add(self, piece: str, end: bool) -> None:
-        self.pieces.append(piece)
-        self.ends.append(end)
-        self.chars += len(piece)
-        self.documents += end
-
-
-def encode_batches(
-    docs: Iterator[Document], batch_docs: int, batch_chars: int | None = None
-) -> Iterator[EncodeBatch]:
-    """The documents' pieces, in order, grouped into batches of at most ``batch_docs`` document
-    ends and about ``batch_chars`` (default ``BATCH_CHARS``) characters; a document may span
-    batches."""
-    batch_chars = batch_chars or BATCH_CHARS
-    batch = EncodeBatch()
-    for doc in docs:
-        for piece, end in _with_last(pieces(doc.text, PIECE_CHARS)):
-            batch.add(piece, end)
-            if batch.documents >= batch_docs or batch.chars >= batch_chars:
-                yield batch
-                batch = EncodeBatch()
-    if batch.pieces:
-        yield batch
-
-
-def _with_last(items: Iterator[str]) -> Iterator[tuple[str, bool]]:
-    prev = next(items)
-    for item in items:
-        yield prev, False
-        prev = item
-    yield prev, True
-
-
-def encode_batch(tokenizer, batch: EncodeBatch) -> tuple[np.ndarray, np.ndarray, int]:
-    """(tokens with an EOS after each document's last piece, tokens per piece including that
-    EOS, UTF-8 bytes of the text) of one batch."""
-    eos = np.array([tokenizer.eos_id], dtype=TOKEN_DTYPE)
-    parts, lengths = [], np.empty(len(batch.pieces), np.int64)
-    for i, (ids, end) in enumerate(zip(tokenizer.encode_batch(batch.pieces), batch.ends)):
-        parts.append(np.asarray(ids, dtype=TOKEN_DTYPE))
-        if end:
-            parts.append(eos)
-        lengths[i] = len(ids) + end
-    tokens = np.concatenate(parts) if parts else np.zeros(0, TOKEN_DTYPE)
-    return tokens, lengths, sum(len(p.encode("utf-8")) for p in batch.pieces)
-
-
 def _file_documents(paths: list[Path], stats: ReadStats, per_file: list[dict], on_file_done):
     """Documents of every file in order, recording per-file document counts for tracing."""
     for path in paths:
@@ -151,13 +85,18 @@ def tokenize_source(
     batch_docs: int = 1024,
     show_progress: bool = True,
     force: bool = False,
+    workers: int = 1,
 ) -> dict:
     """Tokenize the documents of ``paths`` into ``data_dir/name``; returns the manifest.
 
     A finished source (manifest present) is returned as is unless ``force``; an unfinished one
-    is redone from scratch. The manifest also carries ``seconds`` and ``mb_per_s`` of the run
-    that produced it (``skipped_existing`` is true when nothing was done).
+    is redone from scratch. ``workers > 1`` encodes in that many processes; the shard is the
+    same byte for byte. The returned manifest also carries ``seconds``, ``mb_per_s`` and
+    ``workers`` of the run that produced it (``skipped_existing`` is true when nothing was
+    done); the one on disk does not.
     """
+    if workers < 1:
+        raise UserError(f"--workers must be >= 1, got {workers}")
     if not name or "/" in name or name.startswith("."):
         raise UserError(f"--name {name!r}: a source name must be a plain directory name")
     check_lang_kind(lang, kind)
@@ -169,7 +108,13 @@ def tokenize_source(
                 f"{out / MANIFEST_FILE}: source {name!r} was tokenized with tokenizer "
                 f"{existing.get('tokenizer_hash')}, not {tokenizer.hash}; use --force to redo it"
             )
-        return {**existing, "skipped_existing": True, "seconds": 0.0, "mb_per_s": 0.0}
+        return {
+            **existing,
+            "skipped_existing": True,
+            "seconds": 0.0,
+            "mb_per_s": 0.0,
+            "workers": workers,
+        }
     files: list[Path] = []
     for p in paths:
         files.extend(list_files(Path(p)))
@@ -190,12 +135,14 @@ def tokenize_source(
     with _progress(show_progress, f"tokenize {name}", total_bytes) as advance:
         docs = _file_documents(files, stats, per_file, advance)
         with (out / TOKENS_FILE).open("wb") as f:
-            for batch in encode_batches(docs, batch_docs):
-                tokens, piece_lengths, nbytes = encode_batch(tokenizer, batch)
-                f.write(tokens.tobytes())
-                max_id = max(max_id, int(tokens.max()) if len(tokens) else -1)
-                text_bytes += nbytes
-                doc_lengths, doc_tokens = _document_lengths(piece_lengths, batch.ends, doc_tokens)
+            batches = encode_batches(docs, batch_docs)
+            for batch, enc in encoded_batches(batches, tokenizer, workers):
+                f.write(enc.tokens.tobytes())
+                max_id = max(max_id, int(enc.tokens.max()) if len(enc.tokens) else -1)
+                text_bytes += enc.nbytes
+                doc_lengths, doc_tokens = document_lengths(
+                    enc.piece_lengths, batch.ends, doc_tokens
+                )
                 lengths.append(doc_lengths)
             f.flush()
             os.fsync(f.fileno())
@@ -220,19 +167,8 @@ def tokenize_source(
     _write_json_atomic(out / MANIFEST_FILE, manifest)
     # The ids were seen while writing: opening the source needs no scan of its own.
     write_scan(out, Scan(max_id), SHARD_FILES)
-    return {**manifest, "seconds": seconds, "mb_per_s": text_bytes / 1e6 / max(seconds, 1e-9)}
-
-
-def _document_lengths(
-    piece_lengths: np.ndarray, ends: list[bool], carried: int
-) -> tuple[np.ndarray, int]:
-    """Tokens per document ended in this batch (the first one adds ``carried`` from earlier
-    batches), and the tokens of a document still open at the batch's end."""
-    cum = np.cumsum(piece_lengths) + carried
-    end_at = cum[np.asarray(ends, dtype=bool)]
-    doc_lengths = np.diff(end_at, prepend=0)
-    open_tokens = int(cum[-1] - (end_at[-1] if len(end_at) else 0)) if len(cum) else carried
-    return doc_lengths, open_tokens
+    mb_per_s = text_bytes / 1e6 / max(seconds, 1e-9)
+    return {**manifest, "seconds": seconds, "mb_per_s": mb_per_s, "workers": workers}
 
 
 class _progress:
