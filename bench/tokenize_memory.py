@@ -1,17 +1,20 @@
-"""Peak memory and speed of `aquila data tokenize` on one huge single-line document.
+"""Peak memory and speed of `aquila data tokenize`: one huge single-line document, or a corpus.
 
-Builds a bilingual document of ``--mb`` megabytes on ONE line (sample-corpus English and Chinese
-text, joined by spaces, repeated), writes it as a one-record JSONL file, and runs, each in a
-fresh process whose peak RSS is read with ``wait4``:
+``--shape line`` (default) builds a bilingual document of ``--mb`` megabytes on ONE line
+(sample-corpus English and Chinese text, joined by spaces, repeated) as a one-record JSONL file;
+``--shape docs`` writes the sample corpus' documents, one JSONL record each, repeated to ``--mb``.
+Each of these runs in a fresh process whose peak RSS is read with ``wait4``:
 
 * ``aquila data tokenize`` of the file (``--workers`` 1, and N if given);
-* the peer: Hugging Face ``tokenizers`` encoding the whole document in one call
-  (``Tokenizer.from_file(...).encode(text)``), what a user scripting it by hand would do.
+* the peer: Hugging Face ``tokenizers`` scripted by hand, as a user would: the whole document
+  in one ``encode`` call (line), or ``encode_batch`` over batches of 1,024 records (docs).
 
-It also checks that the shard's tokens equal the peer's ids (plus the EOS).
+It checks that the shards of 1 and N workers are identical and that their tokens equal the
+peer's ids (each document followed by the EOS).
 
     python bench/tokenize_memory.py --mb 50 [--workers 2] [--json]
-    python bench/tokenize_memory.py --smoke        # 1 MB, seconds (the test suite runs this)
+    python bench/tokenize_memory.py --shape docs --mb 20 --workers 2
+    python bench/tokenize_memory.py --smoke --tokenizer DIR   # tiny, for the test suite
 """
 
 from __future__ import annotations
@@ -43,6 +46,22 @@ def build_document(path: Path, megabytes: float) -> int:
     return len(text.encode("utf-8"))
 
 
+def build_corpus(path: Path, megabytes: float) -> int:
+    """Sample-corpus documents, one JSONL record each, repeated to ``megabytes`` MB; bytes."""
+    from aquila.data.samples import load_sample_corpus
+
+    docs = [d for s in load_sample_corpus("train") for d in s.documents]
+    target, written = int(megabytes * 1e6), 0
+    with path.open("w", encoding="utf-8") as f:
+        while written < target:
+            for d in docs:
+                f.write(json.dumps({"text": d}, ensure_ascii=False) + "\n")
+                written += len(d.encode("utf-8"))
+                if written >= target:
+                    break
+    return written
+
+
 def run_measured(cmd: list[str]) -> tuple[float, float, str]:
     """(peak RSS in MB, seconds, stdout) of ``cmd`` run in its own process."""
     env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
@@ -60,7 +79,13 @@ def run_measured(cmd: list[str]) -> tuple[float, float, str]:
     return usage.ru_maxrss / 1024, seconds, text  # ru_maxrss is in KiB on Linux
 
 
-PEER = """
+DEFAULT_TOKENIZER = """
+from aquila.engine.run import cache_dir
+from aquila.tokenizer.train import default_tokenizer
+print(default_tokenizer(cache_dir()))
+"""
+
+PEER_LINE = """
 import json, sys, numpy as np
 from tokenizers import Tokenizer
 tok = Tokenizer.from_file(sys.argv[1])
@@ -70,28 +95,58 @@ ids = np.asarray(tok.encode(text, add_special_tokens=False).ids, dtype="<u4")
 ids.tofile(sys.argv[3])
 """
 
+PEER_DOCS = """
+import json, sys, numpy as np
+from tokenizers import Tokenizer
+tok = Tokenizer.from_file(sys.argv[1])
+tok.encode_special_tokens = True
+eos = np.array([tok.token_to_id("</s>")], dtype="<u4")
+def flush(texts, out):
+    parts = []
+    for e in tok.encode_batch(texts, add_special_tokens=False):
+        parts += [np.asarray(e.ids, dtype="<u4"), eos]
+    out.write(np.concatenate(parts).tobytes())
+with open(sys.argv[2], encoding="utf-8") as f, open(sys.argv[3], "wb") as out:
+    texts = []
+    for line in f:
+        texts.append(json.loads(line)["text"])
+        if len(texts) == 1024:
+            flush(texts, out)
+            texts = []
+    if texts:
+        flush(texts, out)
+"""
+
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--mb", type=float, default=50.0, help="document size in MB (default 50)")
+    p.add_argument("--shape", choices=("line", "docs"), default="line", help="one line or a corpus")
+    p.add_argument("--mb", type=float, default=50.0, help="text size in MB (default 50)")
+    p.add_argument("--tokenizer", type=Path, help="tokenizer dir (default: the v8192 default)")
     p.add_argument("--workers", type=int, default=0, help="also run with this many workers")
     p.add_argument("--no-peer", action="store_true", help="skip the whole-document peer")
-    p.add_argument("--smoke", action="store_true", help="1 MB, for the test suite")
+    p.add_argument("--smoke", action="store_true", help="0.1 MB, for the test suite")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--build", type=Path, help=argparse.SUPPRESS)  # internal: write the input
     args = p.parse_args(argv)
+    if args.build:
+        sys.path.insert(0, SRC)
+        build = build_document if args.shape == "line" else build_corpus
+        print(build(args.build, args.mb))
+        return 0
     if args.smoke:
-        args.mb = 1.0
-    sys.path.insert(0, SRC)
-    import numpy as np
-
-    from aquila.engine.run import cache_dir
-    from aquila.tokenizer.train import default_tokenizer
-
-    tok_dir = default_tokenizer(cache_dir())
-    results: dict = {"document_mb": args.mb, "tokenizer": str(tok_dir), "runs": []}
+        args.mb = 0.1
+    # This process stays small (no numpy, no torch until the runs are done): a child's peak
+    # RSS counts its parent's memory at the time it was spawned.
+    tok_dir = args.tokenizer or Path(
+        run_measured([sys.executable, "-c", DEFAULT_TOKENIZER])[2].strip()
+    )
+    results: dict = {"shape": args.shape, "mb": args.mb, "tokenizer": str(tok_dir), "runs": []}
     with tempfile.TemporaryDirectory() as tmp:
         doc = Path(tmp) / "big.jsonl"
-        results["document_bytes"] = build_document(doc, args.mb)
+        # Built in a process of its own: a child's peak RSS counts its parent's memory at fork.
+        cmd = [sys.executable, __file__, "--shape", args.shape, "--mb", str(args.mb)]
+        results["document_bytes"] = int(run_measured([*cmd, "--build", str(doc)])[2])
         runs = [1] + ([args.workers] if args.workers > 1 else [])
         tokens = {}
         for workers in runs:
@@ -114,33 +169,38 @@ def main(argv: list[str] | None = None) -> int:
             )
         results["workers_identical"] = len(set(tokens.values())) == 1
         if not args.no_peer:
+            import numpy as np
+
             peer_out = Path(tmp) / "peer.bin"
-            cmd = [sys.executable, "-c", PEER, str(tok_dir / "tokenizer.json"), str(doc)]
+            script = PEER_LINE if args.shape == "line" else PEER_DOCS
+            cmd = [sys.executable, "-c", script, str(tok_dir / "tokenizer.json"), str(doc)]
             rss, seconds, _ = run_measured([*cmd, str(peer_out)])
             peer = np.fromfile(peer_out, dtype="<u4")
+            if args.shape == "line":
+                peer = np.append(peer, np.frombuffer(tokens[1][-4:], dtype="<u4"))  # its EOS
             ours = np.frombuffer(tokens[1], dtype="<u4")
+            what = "Tokenizer.encode(whole document)" if args.shape == "line" else "encode_batch"
             results["runs"].append(
                 {
-                    "what": "tokenizers Tokenizer.encode(whole document)",
+                    "what": f"tokenizers {what}",
                     "peak_rss_mb": round(rss, 1),
                     "seconds": round(seconds, 2),
                     "mb_per_s": round(results["document_bytes"] / 1e6 / seconds, 3),
-                    "tokens": int(len(peer)) + 1,
+                    "tokens": int(len(peer)),
                 }
             )
-            results["identical_to_whole_document"] = bool(
-                len(ours) == len(peer) + 1 and np.array_equal(ours[:-1], peer)
-            )
+            results["identical_to_peer"] = bool(np.array_equal(ours, peer))
     if args.json:
         print(json.dumps(results))
     else:
-        print(f"one line of {results['document_bytes'] / 1e6:.1f} MB, tokenizer {tok_dir.name}")
+        shape = "one line" if args.shape == "line" else "documents"
+        print(f"{shape}, {results['document_bytes'] / 1e6:.1f} MB, tokenizer {tok_dir.name}")
         for r in results["runs"]:
             print(
-                f"  {r['what']:<46} peak RSS {r['peak_rss_mb']:>8.1f} MB  "
+                f"  {r['what']:<40} peak RSS {r['peak_rss_mb']:>8.1f} MB  "
                 f"{r['seconds']:>7.2f} s  {r['mb_per_s']:>6.2f} MB/s  {r['tokens']:,} tokens"
             )
-        for key in ("workers_identical", "identical_to_whole_document"):
+        for key in ("workers_identical", "identical_to_peer"):
             if key in results:
                 print(f"  {key}: {results[key]}")
     return 0
