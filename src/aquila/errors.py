@@ -10,7 +10,7 @@ Exit codes of every `aquila` command:
 3     the training was stopped by the monitor (non-finite values, divergence, a ``stop``
       policy, rewinds exhausted)
 4     a checkpoint (:class:`SaveFailed`) or another file of the run (``metrics.jsonl``,
-      :class:`RunFileFailed`) could not be written: a full disk, a read-only run directory; the
+      ``run.sqlite``: :class:`RunFileFailed`) could not be written: a full disk, a read-only run directory; the
       latest checkpoint is intact, and the run resumes once the disk has room
 5     the run directory is in use by another training (:class:`RunDirBusy`)
 130   interrupted (Ctrl-C or SIGTERM; a training saves a checkpoint first)

@@ -49,3 +49,29 @@ def test_a_full_disk_while_appending_metrics(run_copy, monkeypatch, capsys):
     assert main(["train", "--resume", str(run_copy), *RESUME]) == 0
     steps = [json.loads(r)["step"] for r in metrics.read_text().splitlines()]
     assert steps[-3:] == [7, 8, 9]
+
+
+def test_a_full_disk_while_writing_the_run_database(run_copy, monkeypatch, capsys):
+    import sqlite3
+
+    from aquila.engine import rundb
+
+    real = sqlite3.connect
+    pages = {}
+
+    def connect(*args, **kwargs):
+        con = real(*args, **kwargs)
+        if str(args[0]).endswith("run.sqlite"):
+            # SQLite's own "database or disk is full" once the file may not grow.
+            pages.setdefault("n", con.execute("PRAGMA page_count").fetchone()[0])
+            con.execute(f"PRAGMA max_page_count = {pages['n']}")
+        return con
+
+    monkeypatch.setattr(rundb.sqlite3, "connect", connect)
+    longer = [*RESUME, "--set", "train.max_steps=40"]  # rows enough to need new pages
+    rc = main(["train", "--resume", str(run_copy), *longer])
+    line = one_line(capsys.readouterr().err)
+    assert rc == 4, line
+    assert "run.sqlite: the run database cannot be written (database or disk is full)" in line
+    monkeypatch.undo()
+    assert main(["train", "--resume", str(run_copy), *longer]) == 0
