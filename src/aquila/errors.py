@@ -9,7 +9,9 @@ Exit codes of every `aquila` command:
 2     bad input: a file, an option or a config key (:class:`UserError`)
 3     the training was stopped by the monitor (non-finite values, divergence, a ``stop``
       policy, rewinds exhausted)
-4     a checkpoint could not be written (:class:`SaveFailed`); the latest checkpoint is intact
+4     a checkpoint (:class:`SaveFailed`) or another file of the run (``metrics.jsonl``,
+      ``run.sqlite``: :class:`RunFileFailed`) could not be written: a full disk, a read-only run directory; the
+      latest checkpoint is intact, and the run resumes once the disk has room
 5     the run directory is in use by another training (:class:`RunDirBusy`)
 130   interrupted (Ctrl-C or SIGTERM; a training saves a checkpoint first)
 ====  ===============================================================================
@@ -35,6 +37,13 @@ class UserError(ReportedError):
     """An error caused by the user's input (a file, an option, a config key): exit code 2."""
 
     exit_code = EXIT_USAGE
+
+
+class RunFileFailed(ReportedError):
+    """A file of the run other than a checkpoint (``metrics.jsonl``) could not be written; what
+    was partly written is taken back and the training stops: exit code 4."""
+
+    exit_code = EXIT_SAVE_FAILED
 
 
 class RunDirBusy(UserError):

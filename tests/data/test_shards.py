@@ -200,3 +200,68 @@ def test_cli_bad_input_exits_2_naming_the_file(
     assert main(["data", "inspect", str(out)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("aquila: error:") and "en/tokens.bin" in err and "truncated" in err
+
+
+def test_long_documents_are_encoded_in_pieces_as_a_whole(
+    tmp_path, monkeypatch, english_text, chinese_text, tiny_tokenizer
+):
+    import aquila.data.encode as encode
+
+    # Small pieces and batches, so documents span many pieces and batches.
+    monkeypatch.setattr(encode, "PIECE_CHARS", 300)
+    monkeypatch.setattr(encode, "BATCH_CHARS", 1000)
+    one_line = english_text[:15_000].replace("\n", " ") + chinese_text[:5_000]
+    texts = ["In the beginning", one_line, chinese_text[5_000:5_900], english_text[20_000:21_000]]
+    raw = write_jsonl(tmp_path / "docs.jsonl", texts)
+    m = tokenize_source("long", [raw], tiny_tokenizer, tmp_path / "out", show_progress=False)
+    src = TokenSource(tmp_path / "out" / "long")
+    assert m["documents"] == 4 and m["bytes"] == sum(len(t.encode()) for t in texts)
+    expected = [np.asarray([*tiny_tokenizer.encode(t), tiny_tokenizer.eos_id]) for t in texts]
+    assert np.array_equal(np.asarray(src.tokens), np.concatenate(expected))
+    assert src.doc_offsets.tolist() == np.cumsum([0, *map(len, expected)]).tolist()
+
+
+def test_workers_write_the_same_shard_byte_for_byte(
+    tmp_path, monkeypatch, corpus, english_text, tiny_tokenizer_dir, capsys
+):
+    import aquila.data.encode as encode
+
+    monkeypatch.setattr(encode, "BATCH_CHARS", 4000)  # many batches, several per worker
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    write_jsonl(raw / "a.jsonl", corpus["en"] + [english_text[:30_000].replace("\n", " ")])
+    write_jsonl(raw / "b.jsonl", corpus["zh"])
+    outs = {}
+    for workers in (1, 2):
+        out = tmp_path / f"out{workers}"
+        args = ["data", "tokenize", str(raw), "--name", "mix", "--tokenizer"]
+        args += [str(tiny_tokenizer_dir), "--out", str(out), "--json", "--workers", str(workers)]
+        assert main(args) == 0
+        m = json.loads(capsys.readouterr().out)
+        assert (
+            m["workers"] == workers
+            and m["mb_per_s"] > 0
+            and "workers" not in json.loads((out / "mix" / MANIFEST_FILE).read_text())
+        )
+        # .scan.json (the cached token scan) holds the files' modification times.
+        outs[workers] = {p.name: p.read_bytes() for p in (out / "mix").glob("[!.]*")}
+    assert outs[1] == outs[2] and sorted(outs[1]) == ["doc_offsets.npy", MANIFEST_FILE, TOKENS_FILE]
+    assert (
+        main(
+            [
+                "data",
+                "tokenize",
+                str(raw),
+                "--name",
+                "x",
+                "--tokenizer",
+                str(tiny_tokenizer_dir),
+                "--out",
+                str(tmp_path / "o"),
+                "--workers",
+                "0",
+            ]
+        )
+        == 2
+    )
+    assert "--workers must be >= 1, got 0" in capsys.readouterr().err

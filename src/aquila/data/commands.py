@@ -69,6 +69,14 @@ def _register_tokenize(dsub: argparse._SubParsersAction) -> None:
     t.add_argument(
         "--batch-docs", type=int, default=1024, help="documents per encode batch (default: 1024)"
     )
+    t.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="encode in N worker processes (default: 1, which still uses the tokenizer's "
+        "threads); the shards are identical whatever N",
+    )
     t.add_argument("--force", action="store_true", help="redo a source that is already finished")
     t.add_argument("--json", action="store_true", help="print the manifest as one JSON object")
     t.set_defaults(func=_tokenize)
@@ -79,8 +87,9 @@ def _register_inspect(dsub: argparse._SubParsersAction) -> None:
         "inspect",
         help="list the token sources of a data directory",
         description=(
-            "List the finished token sources of DATA_DIR with their documents, tokens and "
-            "tokenizer, after checking each shard against its manifest."
+            "List the finished token sources of DATA_DIR with their documents, tokens, largest "
+            "token id and tokenizer, after checking each shard against its manifest (a damaged "
+            "shard is refused naming the file)."
         ),
     )
     i.add_argument("data_dir", type=Path, metavar="DATA_DIR")
@@ -94,6 +103,8 @@ def _tokenize(args: argparse.Namespace) -> int:
 
     if args.batch_docs < 1:
         raise UserError(f"--batch-docs must be >= 1, got {args.batch_docs}")
+    if args.workers < 1:
+        raise UserError(f"--workers must be >= 1, got {args.workers}")
     tokenizer = Tokenizer.load(args.tokenizer)
     if args.workspace is not None:
         return _tokenize_workspace(args, tokenizer)
@@ -109,6 +120,7 @@ def _tokenize(args: argparse.Namespace) -> int:
         batch_docs=args.batch_docs,
         show_progress=not args.json,
         force=args.force,
+        workers=args.workers,
     )
     if args.json:
         print(json.dumps(manifest, ensure_ascii=False))
@@ -120,8 +132,8 @@ def _tokenize(args: argparse.Namespace) -> int:
         print(f"{where}: wrote {manifest['documents']:,} documents, {manifest['tokens']:,} tokens")
         print(
             f"  {manifest['bytes'] / 1e6:.2f} MB of text in {manifest['seconds']:.2f} s "
-            f"({manifest['mb_per_s']:.2f} MB/s), {manifest['bytes'] / max(manifest['tokens'], 1):.2f} "
-            "bytes/token"
+            f"({manifest['mb_per_s']:.2f} MB/s, {manifest['workers']} worker(s)), "
+            f"{manifest['bytes'] / max(manifest['tokens'], 1):.2f} bytes/token"
         )
     skipped = manifest["skipped"]
     if skipped["total"]:
@@ -159,14 +171,16 @@ def _tokenize_workspace(args: argparse.Namespace, tokenizer) -> int:
                     batch_docs=args.batch_docs,
                     show_progress=not args.json,
                     force=args.force,
+                    workers=args.workers,
                 )
             )
             if not args.json:
                 m = manifests[-1]
                 state = "already tokenized" if m.get("skipped_existing") else "tokenized"
+                speed = "" if m.get("skipped_existing") else f", {m['mb_per_s']:.2f} MB/s"
                 print(
                     f"{args.out / src.name}: {state}, {m['documents']:,} documents, "
-                    f"{m['tokens']:,} tokens"
+                    f"{m['tokens']:,} tokens{speed}"
                 )
     finally:
         ws.close()
@@ -191,6 +205,7 @@ def _inspect(args: argparse.Namespace) -> int:
             "tokens": s.num_tokens,
             "bytes": s.manifest["bytes"],
             "tokenizer_hash": s.tokenizer_hash,
+            "max_token_id": s.scan().max_token_id,
         }
         for name, s in sources.items()
     ]
@@ -206,8 +221,9 @@ def _inspect(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     table = Table(title=str(args.data_dir))
-    for col in ("source", "lang", "kind", "documents", "tokens", "MB", "tokenizer"):
-        table.add_column(col, justify="right" if col in ("documents", "tokens", "MB") else "left")
+    numbers = ("documents", "tokens", "MB", "max id")
+    for col in ("source", "lang", "kind", "documents", "tokens", "MB", "max id", "tokenizer"):
+        table.add_column(col, justify="right" if col in numbers else "left")
     for r in rows:
         table.add_row(
             r["source"],
@@ -216,6 +232,7 @@ def _inspect(args: argparse.Namespace) -> int:
             f"{r['documents']:,}",
             f"{r['tokens']:,}",
             f"{r['bytes'] / 1e6:.2f}",
+            f"{r['max_token_id']:,}",
             r["tokenizer_hash"],
         )
     Console().print(table)

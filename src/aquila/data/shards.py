@@ -15,20 +15,29 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
+from aquila.data.encode import document_lengths, encode_batches, encoded_batches
 from aquila.data.kinds import check_lang_kind
-from aquila.data.readers import Document, ReadStats, iter_documents, list_files
+from aquila.data.readers import ReadStats, iter_documents, list_files
+from aquila.data.shard_check import (
+    TOKEN_DTYPE,
+    TOKENS_FILE,
+    Scan,
+    check_manifest,
+    check_offsets,
+    first_id_at_least,
+    scan_tokens,
+    write_scan,
+)
 from aquila.errors import UserError
 
 FORMAT_VERSION = 1
-TOKENS_FILE = "tokens.bin"
 OFFSETS_FILE = "doc_offsets.npy"
 MANIFEST_FILE = "manifest.json"
-TOKEN_DTYPE = np.dtype("<u4")
+SHARD_FILES = (TOKENS_FILE, OFFSETS_FILE, MANIFEST_FILE)
 
 
 def _write_json_atomic(path: Path, obj: dict) -> None:
@@ -45,20 +54,14 @@ def read_manifest(source_dir: Path) -> dict | None:
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        manifest = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise UserError(f"{path}: corrupt manifest ({exc})") from None
-
-
-def _batches(docs: Iterator[Document], size: int) -> Iterator[list[Document]]:
-    batch: list[Document] = []
-    for doc in docs:
-        batch.append(doc)
-        if len(batch) >= size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
+    if not isinstance(manifest, dict):
+        raise UserError(
+            f"{path}: corrupt manifest (a JSON {type(manifest).__name__}, not an object)"
+        )
+    return manifest
 
 
 def _file_documents(paths: list[Path], stats: ReadStats, per_file: list[dict], on_file_done):
@@ -82,13 +85,18 @@ def tokenize_source(
     batch_docs: int = 1024,
     show_progress: bool = True,
     force: bool = False,
+    workers: int = 1,
 ) -> dict:
     """Tokenize the documents of ``paths`` into ``data_dir/name``; returns the manifest.
 
     A finished source (manifest present) is returned as is unless ``force``; an unfinished one
-    is redone from scratch. The manifest also carries ``seconds`` and ``mb_per_s`` of the run
-    that produced it (``skipped_existing`` is true when nothing was done).
+    is redone from scratch. ``workers > 1`` encodes in that many processes; the shard is the
+    same byte for byte. The returned manifest also carries ``seconds``, ``mb_per_s`` and
+    ``workers`` of the run that produced it (``skipped_existing`` is true when nothing was
+    done); the one on disk does not.
     """
+    if workers < 1:
+        raise UserError(f"--workers must be >= 1, got {workers}")
     if not name or "/" in name or name.startswith("."):
         raise UserError(f"--name {name!r}: a source name must be a plain directory name")
     check_lang_kind(lang, kind)
@@ -100,7 +108,13 @@ def tokenize_source(
                 f"{out / MANIFEST_FILE}: source {name!r} was tokenized with tokenizer "
                 f"{existing.get('tokenizer_hash')}, not {tokenizer.hash}; use --force to redo it"
             )
-        return {**existing, "skipped_existing": True, "seconds": 0.0, "mb_per_s": 0.0}
+        return {
+            **existing,
+            "skipped_existing": True,
+            "seconds": 0.0,
+            "mb_per_s": 0.0,
+            "workers": workers,
+        }
     files: list[Path] = []
     for p in paths:
         files.extend(list_files(Path(p)))
@@ -113,23 +127,23 @@ def tokenize_source(
     stats = ReadStats()
     per_file: list[dict] = []
     total_bytes = sum(f.stat().st_size for f in files)
-    eos = np.array([tokenizer.eos_id], dtype=TOKEN_DTYPE)
     lengths: list[np.ndarray] = []
     text_bytes = 0
+    doc_tokens = 0  # tokens so far of a document whose pieces span batches
+    max_id = -1
     t0 = time.perf_counter()
     with _progress(show_progress, f"tokenize {name}", total_bytes) as advance:
         docs = _file_documents(files, stats, per_file, advance)
         with (out / TOKENS_FILE).open("wb") as f:
-            for batch in _batches(docs, batch_docs):
-                texts = [d.text for d in batch]
-                encoded = tokenizer.encode_batch(texts)
-                parts = []
-                for ids in encoded:
-                    parts.append(np.asarray(ids, dtype=TOKEN_DTYPE))
-                    parts.append(eos)
-                f.write(np.concatenate(parts).tobytes())
-                lengths.append(np.fromiter((len(ids) + 1 for ids in encoded), np.int64))
-                text_bytes += sum(len(t.encode("utf-8")) for t in texts)
+            batches = encode_batches(docs, batch_docs)
+            for batch, enc in encoded_batches(batches, tokenizer, workers):
+                f.write(enc.tokens.tobytes())
+                max_id = max(max_id, int(enc.tokens.max()) if len(enc.tokens) else -1)
+                text_bytes += enc.nbytes
+                doc_lengths, doc_tokens = document_lengths(
+                    enc.piece_lengths, batch.ends, doc_tokens
+                )
+                lengths.append(doc_lengths)
             f.flush()
             os.fsync(f.fileno())
     seconds = time.perf_counter() - t0
@@ -151,7 +165,10 @@ def tokenize_source(
         "format_version": FORMAT_VERSION,
     }
     _write_json_atomic(out / MANIFEST_FILE, manifest)
-    return {**manifest, "seconds": seconds, "mb_per_s": text_bytes / 1e6 / max(seconds, 1e-9)}
+    # The ids were seen while writing: opening the source needs no scan of its own.
+    write_scan(out, Scan(max_id), SHARD_FILES)
+    mb_per_s = text_bytes / 1e6 / max(seconds, 1e-9)
+    return {**manifest, "seconds": seconds, "mb_per_s": mb_per_s, "workers": workers}
 
 
 class _progress:
@@ -196,16 +213,18 @@ class TokenSource:
     def __init__(self, directory: Path):
         self.dir = Path(directory)
         manifest = read_manifest(self.dir)
+        manifest_path = self.dir / MANIFEST_FILE
         if manifest is None:
             raise UserError(f"{self.dir}: no {MANIFEST_FILE} (not a token source, or unfinished)")
         if manifest.get("format_version") != FORMAT_VERSION:
             raise UserError(
-                f"{self.dir / MANIFEST_FILE}: format_version {manifest.get('format_version')}, "
+                f"{manifest_path}: format_version {manifest.get('format_version')!r}, "
                 f"this version reads {FORMAT_VERSION}"
             )
+        check_manifest(manifest, manifest_path)
         self.manifest = manifest
         self.name: str = manifest["source"]
-        self.num_tokens: int = int(manifest["tokens"])
+        self.num_tokens: int = manifest["tokens"]
         tokens_path = self.dir / TOKENS_FILE
         expected = self.num_tokens * TOKEN_DTYPE.itemsize
         actual = tokens_path.stat().st_size if tokens_path.is_file() else None
@@ -216,25 +235,36 @@ class TokenSource:
             )
         offsets_path = self.dir / OFFSETS_FILE
         try:
-            self.doc_offsets = np.load(offsets_path, mmap_mode="r")
+            self.doc_offsets = np.load(offsets_path, mmap_mode="r", allow_pickle=False)
         except (OSError, ValueError) as exc:
             raise UserError(f"{offsets_path}: cannot read document offsets ({exc})") from None
-        n_docs = int(manifest["documents"])
-        if (
-            self.doc_offsets.shape != (n_docs + 1,)
-            or int(self.doc_offsets[0]) != 0
-            or int(self.doc_offsets[-1]) != self.num_tokens
-        ):
-            raise UserError(
-                f"{offsets_path}: {self.doc_offsets.shape[0]} offsets ending at "
-                f"{int(self.doc_offsets[-1]) if len(self.doc_offsets) else 'none'}, manifest "
-                f"says {n_docs} documents and {self.num_tokens} tokens: corrupt shard"
-            )
+        check_offsets(self.doc_offsets, offsets_path, manifest["documents"], self.num_tokens)
         self.tokens = (
             np.memmap(tokens_path, dtype=TOKEN_DTYPE, mode="r")
             if self.num_tokens
             else np.zeros(0, TOKEN_DTYPE)
         )
+        self._scan: Scan | None = None
+
+    def scan(self) -> Scan:
+        """Every document ends with the EOS id, and the largest id (read once, then cached
+        beside the shard by the files' size and modification time)."""
+        if self._scan is None:
+            self._scan = scan_tokens(
+                self.dir, self.tokens, self.doc_offsets, self.manifest["eos_id"], SHARD_FILES
+            )
+        return self._scan
+
+    def check_vocab(self, vocab_size: int) -> None:
+        """Refuse a source holding an id the model has no embedding for, before training."""
+        top = self.scan().max_token_id
+        if top >= vocab_size:
+            at = first_id_at_least(self.dir / TOKENS_FILE, vocab_size)
+            raise UserError(
+                f"{self.dir / TOKENS_FILE}: token id {top} is beyond the model's vocabulary "
+                f"(model.vocab_size = {vocab_size}; first such id at token {at}): a corrupt "
+                "shard, or one made with another tokenizer"
+            )
 
     @property
     def num_documents(self) -> int:
@@ -276,9 +306,14 @@ class TokenSource:
 
 
 def load_sources(
-    data_dir: Path, names: list[str] | None = None, tokenizer_hash: str | None = None
+    data_dir: Path,
+    names: list[str] | None = None,
+    tokenizer_hash: str | None = None,
+    vocab_size: int | None = None,
 ) -> dict[str, TokenSource]:
-    """Open the sources under ``data_dir`` (all finished ones, or exactly ``names``)."""
+    """Open the sources under ``data_dir`` (all finished ones, or exactly ``names``), each
+    checked against its manifest; with ``vocab_size``, every token id is checked to be below
+    it (a full read of each shard the first time, cached after)."""
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise UserError(f"data directory not found: {data_dir}")
@@ -305,6 +340,8 @@ def load_sources(
     for s in sources.values():
         if s.num_tokens == 0:
             raise UserError(f"{s.dir}: source {s.name!r} holds no tokens")
+        if vocab_size is not None:
+            s.check_vocab(vocab_size)
     return sources
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import signal
 import sys
 import time
@@ -41,15 +43,49 @@ class Callback:
 
 
 class MetricsLog(Callback):
-    """Appends one JSON line per logged step to ``RUN_DIR/metrics.jsonl``."""
+    """Appends one JSON line per logged step to ``RUN_DIR/metrics.jsonl``.
+
+    A line that cannot be written whole (a full disk, a read-only run directory) is taken back,
+    so the file never holds a partial line, and the training stops with :class:`RunFileFailed`
+    (exit code 4): every logged step is in the file or the run says it is not.
+    """
 
     def __init__(self, path: Path):
         self.path = path
 
     def on_step(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
         if trainer.is_main and "loss" in metrics:
-            with self.path.open("a") as f:
-                f.write(json.dumps(metrics) + "\n")
+            try:
+                append_line(self.path, json.dumps(metrics) + "\n")
+            except OSError as exc:
+                from aquila.engine.checkpoint import latest_checkpoint
+                from aquila.errors import RunFileFailed
+
+                last = latest_checkpoint(trainer.run_dir)
+                raise RunFileFailed(
+                    f"{self.path}: step {metrics.get('step')} not logged: "
+                    f"{exc.strerror or exc}; the training stopped, the latest checkpoint is "
+                    f"{last or 'none'} (free space, then `aquila train --resume "
+                    f"{trainer.run_dir}`)"
+                ) from None
+
+
+def append_line(path: Path, line: str) -> None:
+    """Append ``line`` whole or not at all: on a failed write the file is cut back to its size
+    before (best effort: a file that cannot be written may not be truncatable either)."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        size = os.fstat(fd).st_size
+        view = memoryview(line.encode("utf-8"))
+        try:
+            while view:
+                view = view[os.write(fd, view) :]
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, size)
+            raise
+    finally:
+        os.close(fd)
 
 
 def format_eta(seconds: float) -> str:

@@ -52,10 +52,10 @@ def register(sub: argparse._SubParsersAction) -> None:
             "\n"
             "exit codes: 0 completed (or its time limit, or `aquila control RUN_DIR stop`); "
             "2 bad input;\n"
-            "  3 stopped by the monitor (non-finite values, divergence); 4 a checkpoint could "
-            "not be\n"
-            "  written (train.on_save_error); 5 the run directory is in use by another "
-            "training;\n"
+            "  3 stopped by the monitor (non-finite values, divergence); 4 a checkpoint or "
+            "metrics.jsonl\n"
+            "  could not be written (train.on_save_error); 5 the run directory is in use by "
+            "another training;\n"
             "  130 interrupted (a checkpoint was written)"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,

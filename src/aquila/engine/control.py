@@ -326,7 +326,13 @@ class ControlCallback(Callback):
 
             any_src = next(iter(data.sources.values()))
             data_dir = Path(any_src.dir).parent
-            new = _reject_on(load_sources, data_dir, [name], any_src.tokenizer_hash)[name]
+            new = _reject_on(
+                load_sources,
+                data_dir,
+                [name],
+                any_src.tokenizer_hash,
+                trainer.cfg.model.vocab_size,
+            )[name]
             chunks = new.num_chunks(data.seq_len)
             if chunks == 0:
                 raise Rejected(f"source {name!r} holds fewer than seq_len+1 tokens")

@@ -88,6 +88,11 @@ def open_train_data(
     seed: int,
     weights: dict[str, float],
     tokenizer_hash: str | None,
+    vocab_size: int | None = None,
 ) -> TrainData:
-    sources = load_sources(Path(data_dir), names or None, tokenizer_hash=tokenizer_hash)
+    """The run's sources, each checked (with ``vocab_size``: every id below it) before any
+    batch is read."""
+    sources = load_sources(
+        Path(data_dir), names or None, tokenizer_hash=tokenizer_hash, vocab_size=vocab_size
+    )
     return TrainData(sources, seq_len, seed, weights or None)

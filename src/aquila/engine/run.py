@@ -360,6 +360,7 @@ def prepare_run(
         cfg.data.seed,
         cfg.data.weights,
         tokenizer.hash,
+        cfg.model.vocab_size,
     )
     if cfg.data.mixture and not resume:
         _apply_mixture_file(cfg, data)

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from aquila.errors import UserError
+from aquila.errors import ReportedError, RunFileFailed, UserError
 
 DB_FILE = "run.sqlite"
 
@@ -55,9 +55,10 @@ CREATE TABLE IF NOT EXISTS evals (
 """
 
 
-def _unreadable(path: Path, exc: sqlite3.Error) -> UserError:
-    if "full" in str(exc):
-        return UserError(f"{path}: the run database cannot be written ({exc})")
+def _unreadable(path: Path, exc: sqlite3.Error) -> ReportedError:
+    if "full" in str(exc) or "readonly" in str(exc):
+        # The disk, not the input: exit code 4 like a checkpoint that cannot be written.
+        return RunFileFailed(f"{path}: the run database cannot be written ({exc})")
     return UserError(
         f"{path}: the run database cannot be read ({exc}); move it aside (mv {path} "
         f"{path}.broken) to go on without its metrics, events and commands"
