@@ -328,3 +328,48 @@ def test_bad_shard_size_is_one_line_and_writes_nothing(tmp_path: Path, model_dir
         err = capsys.readouterr().err.strip()
         assert "--max-shard-size" in err and len(err.splitlines()) == 1
         assert not out.exists()
+
+
+def test_import_takes_the_checkpoints_start_token_and_says_which(
+    tmp_path: Path, make_model, tiny_tokenizer, capsys
+) -> None:
+    src = save_model_dir(make_model(), tmp_path / "native", tokenizer=tiny_tokenizer)
+    export_hf(src, tmp_path / "hf")
+    # An aquila export round-trips with aquila's convention: </s>, nothing recorded.
+    assert main(["import", str(tmp_path / "hf"), "--out", str(tmp_path / "back")]) == 0
+    assert "start of document: </s> (from tokenizer_config.json)" in capsys.readouterr().out
+    assert "doc_start_token" not in load_model_dir(tmp_path / "back").cfg.extra
+    # A checkpoint whose tokenizer adds Aquila2's [CLS] (Llama 2 style add_bos_token).
+    cfg_file = tmp_path / "hf" / "tokenizer_config.json"
+    cfg_file.write_text(json.dumps({**json.loads(cfg_file.read_text()), "bos_token": "[CLS]"}))
+    summary = import_hf(tmp_path / "hf", tmp_path / "cls")
+    assert summary["doc_start"] == {"token": "[CLS]", "from": "tokenizer_config.json"}
+    model = load_model_dir(tmp_path / "cls")
+    assert model.cfg.extra["doc_start_token"] == "[CLS]"
+    args = ["generate", str(tmp_path / "cls"), "--prompt", "In the", "--greedy", "--json"]
+    assert main([*args, "--max-new-tokens", "8"]) == 0
+    ours = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["token_ids"]
+    prompt = [tiny_tokenizer.bos_id, *tiny_tokenizer.encode("In the")]
+    assert ours == list(generate(model, prompt, 8, greedy=True, eos_id=tiny_tokenizer.eos_id))
+    # Llama 3 style: only tokenizer.json's template names the token.
+    cfg_file.write_text(json.dumps({"bos_token": "[CLS]"}))
+    tok_file = tmp_path / "hf" / "tokenizer.json"
+    tok = json.loads(tok_file.read_text())
+    tok["post_processor"] = {
+        "type": "Sequence",
+        "processors": [
+            {"type": "ByteLevel"},
+            {
+                "type": "TemplateProcessing",
+                "single": [
+                    {"SpecialToken": {"id": "[CLS]", "type_id": 0}},
+                    {"Sequence": {"id": "A", "type_id": 0}},
+                ],
+                "pair": [],
+                "special_tokens": {},
+            },
+        ],
+    }
+    tok_file.write_text(json.dumps(tok))
+    summary = import_hf(tmp_path / "hf", tmp_path / "llama3")
+    assert summary["doc_start"] == {"token": "[CLS]", "from": "tokenizer.json post_processor"}

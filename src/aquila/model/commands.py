@@ -226,6 +226,8 @@ def _import(args: argparse.Namespace) -> int:
     )
     if not s["tokenizer_files"]:
         print("  note: the source has no tokenizer files")
+    start = s["doc_start"]
+    print(f"  start of document: {start['token']} (from {start['from']})")
     return 0
 
 
@@ -281,7 +283,7 @@ def _device(name: str) -> str:
 
 def _generate(args: argparse.Namespace) -> int:
     from aquila.errors import UserError
-    from aquila.model.generate import decode_stream, generate
+    from aquila.model.generate import decode_stream, document_start_id, generate
     from aquila.model.io import load_model_dir, resolve_model_dir, resolve_tokenizer_dir
     from aquila.tokenizer import Tokenizer
 
@@ -296,7 +298,7 @@ def _generate(args: argparse.Namespace) -> int:
             f"the tokenizer of {args.src} has {tokenizer.vocab_size} tokens but the model only "
             f"{model.cfg.vocab_size}"
         )
-    prompt_ids = [tokenizer.eos_id, *tokenizer.encode(args.prompt)]
+    prompt_ids = [document_start_id(model.cfg, tokenizer), *tokenizer.encode(args.prompt)]
     ids: list[int] = []
     stream = generate(
         model,

@@ -21,6 +21,19 @@ def _check(temperature: float, top_k: int | None, top_p: float | None, max_new: 
         raise UserError(f"--top-p must be in (0, 1], got {top_p}")
 
 
+def document_start_id(cfg, tokenizer) -> int:
+    """The token put before a prompt: the one every training document followed. Aquila's is
+    ``</s>`` (the EOS between documents); an imported checkpoint may name its own BOS in
+    ``cfg.extra["doc_start_token"]``."""
+    token = cfg.extra.get("doc_start_token")
+    if token is None:
+        return tokenizer.eos_id
+    idx = tokenizer.hf.token_to_id(token)
+    if idx is None:
+        raise UserError(f"the model starts documents with {token!r}, which its tokenizer lacks")
+    return idx
+
+
 def filter_logits(
     logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None
 ) -> torch.Tensor:

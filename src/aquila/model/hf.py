@@ -316,6 +316,26 @@ def write_hf_tokenizer(tok_dir: Path, out: Path) -> list[str]:
     return copied
 
 
+def hf_start_token(src: Path) -> tuple[str | None, str]:
+    """The token a Hugging Face tokenizer puts before every text by default, and where that
+    was read: ``add_bos_token`` + ``bos_token`` in ``tokenizer_config.json`` (Llama 2, Mixtral),
+    else the leading special token of ``tokenizer.json``'s template post-processor (Llama 3)."""
+    config_file, tok_file = src / "tokenizer_config.json", src / "tokenizer.json"
+    config = json.loads(config_file.read_text()) if config_file.is_file() else {}
+    if config.get("add_bos_token") is True and config.get("bos_token"):
+        bos = config["bos_token"]
+        return (bos.get("content") if isinstance(bos, dict) else str(bos)), config_file.name
+    if tok_file.is_file():
+        post = json.loads(tok_file.read_text()).get("post_processor") or {}
+        for proc in post.get("processors", [post]):
+            single = proc.get("single") if proc.get("type") == "TemplateProcessing" else None
+            if single and "SpecialToken" in single[0]:
+                return single[0]["SpecialToken"]["id"], f"{tok_file.name} post_processor"
+    if config.get("add_bos_token") is False:
+        return None, f"{config_file.name} (add_bos_token false)"
+    return None, "no tokenizer setting adds one"
+
+
 def _shard_bytes(max_shard_size: str | int) -> int:
     try:
         return parse_size(max_shard_size)
@@ -527,6 +547,11 @@ def import_hf(
         cfg = config_from_hf_llama(config, source)
         weights = hf_weights(src)
         recipes = llama_recipes(config, weights.infos(), source)
+    # The token the checkpoint's documents start with becomes aquila's start-of-document token
+    # (what generate and eval put before a prompt); aquila's own is </s>, the default.
+    start, start_from = hf_start_token(src)
+    if start is not None and start != DOC_START:
+        cfg = cfg.replace(extra={**cfg.extra, "doc_start_token": start})
     expected = {k: tuple(v.shape) for k, v in AquilaModel(cfg, device="meta").state_dict().items()}
     check_names(expected, {k: r.shape for k, r in recipes.items()}, "the checkpoint weights")
     sizes = [(n, TensorInfo(recipes[n].shape, recipes[n].dtype).nbytes()) for n in expected]
@@ -552,4 +577,5 @@ def import_hf(
         "params": written["params"],
         "files": written["files"],
         "tokenizer_files": copied,
+        "doc_start": {"token": start or DOC_START, "from": start_from},
     }
