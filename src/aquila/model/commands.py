@@ -263,6 +263,13 @@ def _register_generate(sub: argparse._SubParsersAction) -> None:
         help="sample from the smallest set of tokens with mass >= P",
     )
     g.add_argument("--greedy", action="store_true", help="always take the most likely token")
+    g.add_argument(
+        "--repetition-penalty",
+        type=float,
+        default=1.0,
+        help="divide the logits of tokens already in the context by this (>1 repeats less; "
+        "CTRL / transformers convention; default 1.0: off)",
+    )
     g.add_argument("--seed", type=int, default=None, help="random seed for reproducible sampling")
     g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
     g.add_argument("--json", action="store_true", help="print one JSON object instead of streaming")
@@ -310,6 +317,7 @@ def _generate(args: argparse.Namespace) -> int:
         top_p=args.top_p,
         eos_id=tokenizer.eos_id,
         seed=args.seed,
+        repetition_penalty=args.repetition_penalty,
     )
 
     def collect():
