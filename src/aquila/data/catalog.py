@@ -53,6 +53,13 @@ CREATE TABLE IF NOT EXISTS removals (
     reason TEXT NOT NULL,
     detail TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS stage_inputs (
+    stage TEXT NOT NULL,
+    source TEXT NOT NULL,
+    inputs TEXT NOT NULL,
+    finished_at TEXT NOT NULL,
+    PRIMARY KEY (stage, source)
+);
 CREATE TABLE IF NOT EXISTS mixtures (
     name TEXT NOT NULL,
     version INTEGER NOT NULL,
@@ -225,6 +232,23 @@ class Catalog:
         if source:
             q, args = q + " AND source=?", (stage, source)
         return self.db.execute(q + " ORDER BY source, part, doc_id", args).fetchall()
+
+    # -- what each stage read ------------------------------------------------------------------
+    def stage_inputs(self, stage: str, source: str) -> str | None:
+        """Fingerprint of the inputs a finished stage read for ``source`` (None: not finished)."""
+        row = self.db.execute(
+            "SELECT inputs FROM stage_inputs WHERE stage=? AND source=?", (stage, source)
+        ).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_stage_inputs(self, stage: str, source: str, inputs: str | None) -> None:
+        """Record (or, with None, forget: the stage started and has not finished) its inputs."""
+        self.db.execute("DELETE FROM stage_inputs WHERE stage=? AND source=?", (stage, source))
+        if inputs is not None:
+            self.db.execute(
+                "INSERT INTO stage_inputs VALUES (?, ?, ?, ?)", (stage, source, inputs, _now())
+            )
+        self.db.commit()
 
     # -- mixtures ------------------------------------------------------------------------------
     def record_mixture(self, name: str, toml_text: str) -> int:

@@ -189,12 +189,19 @@ class Pipeline:
         return summary
 
     def _inputs(self, stage: str, name: str, before: str) -> list[PartRecord]:
-        recs = self.ws.catalog.parts(before, name)
-        if not recs:
-            raise UserError(
-                f"source {name!r} has no {before} output: run `aquila data {before}` first"
-            )
-        return recs
+        self.ws.check_fresh(before, name)  # never build on stale or unfinished output
+        return self.ws.catalog.parts(before, name)
+
+    def _begin(self, stage: str, names: list[str]) -> dict[str, str]:
+        """What the stage reads for each source; its old record is dropped until it finishes."""
+        inputs = {n: self.ws.expected_inputs(stage, n) for n in names}
+        for n in names:
+            self.ws.catalog.set_stage_inputs(stage, n, None)
+        return inputs
+
+    def _finish(self, stage: str, inputs: dict[str, str]) -> None:
+        for n, fp in inputs.items():
+            self.ws.catalog.set_stage_inputs(stage, n, fp)
 
     # -- clean ---------------------------------------------------------------------------------
     def clean(
@@ -204,6 +211,7 @@ class Pipeline:
         cfg = cfg or clean.CleanConfig()
         t0, summary = time.perf_counter(), StageSummary("clean")
         sources = self.ws.catalog.sources(names)
+        inputs = self._begin("clean", [s.name for s in sources])
         tasks = []
         for src in sources:
             base = fingerprint(STAGE_VERSION["clean"], src.fingerprint, repr(cfg), part_docs)
@@ -219,6 +227,7 @@ class Pipeline:
                 k += 1
             self.ws.remove_parts_from("clean", src.name, k)
         self._run(_clean_part, tasks, cfg, summary)
+        self._finish("clean", inputs)
         return self._collect("clean", [s.name for s in sources], summary, t0)
 
     # -- dedup ---------------------------------------------------------------------------------
@@ -228,6 +237,7 @@ class Pipeline:
         t0, summary = time.perf_counter(), StageSummary("dedup")
         names = self.ws.catalog.source_names()
         inputs = [(n, r) for n in names for r in self._inputs("dedup", n, "clean")]
+        recorded = self._begin("dedup", names)
         sig_tasks = [
             _Task("dedup", n, "", r.part, fingerprint("sig", r.fingerprint, repr(cfg)),
                   self.ws.root / "stages" / "dedup" / "_signatures" / n / f"part-{r.part:05d}.npz",
@@ -265,6 +275,7 @@ class Pipeline:
         for n in names:
             self.ws.remove_parts_from("dedup", n, len(self.ws.catalog.parts("clean", n)))
         self._run(_filter_part, tasks, None, summary)
+        self._finish("dedup", recorded)
         near = sorted((d for d in dups if d.reason == "near_duplicate"), key=lambda d: d.jaccard)
         summary.extra["threshold"] = cfg.threshold
         summary.extra["cross_source_pairs"] = sum(d.removed.source != d.kept.source for d in dups)
@@ -288,6 +299,9 @@ class Pipeline:
 
         eval_fp = fingerprint(repr(cfg), *(f"{p}:{file_sha256(Path(p))}" for p in eval_files))
         names = self.ws.catalog.source_names()
+        for n in names:
+            self.ws.check_fresh("dedup", n)
+        recorded = self._begin("decontaminate", names)
         tasks = []
         for n in names:
             recs = self._inputs("decontaminate", n, "dedup")
@@ -301,6 +315,7 @@ class Pipeline:
                     tasks.append(_Task("decontaminate", n, "", r.part, fp, out, src=src))
             self.ws.remove_parts_from("decontaminate", n, len(recs))
         self._run(_decontam_part, tasks, (index, cfg), summary)
+        self._finish("decontaminate", recorded)
         summary.extra["eval_ngrams"] = len(index)
         summary.extra["contaminated"] = [
             {"source": s, "doc_id": d, **dict(kv.split("=", 1) for kv in x.split(" ", 1))}

@@ -46,13 +46,81 @@ class DataWorkspace:
                     p.unlink()
         self.catalog.drop_parts_from(stage, source, first_stale)
 
+    # -- freshness -----------------------------------------------------------------------------
+    def output_fingerprint(self, stage: str, source: str) -> str:
+        """Changes whenever any output part of ``stage`` for ``source`` changes."""
+        return fingerprint(
+            *(f"{r.part}:{r.fingerprint}" for r in self.catalog.parts(stage, source))
+        )
+
+    def expected_inputs(self, stage: str, source: str) -> str:
+        """The fingerprint of what ``stage`` would read for ``source`` now.
+
+        Dedup decides over all sources together, so its input is every source's clean output:
+        a source added or re-cleaned anywhere makes every source's dedup output stale.
+        """
+        if stage == "clean":
+            return self.catalog.source(source).fingerprint
+        if stage == "dedup":
+            return fingerprint(
+                *(f"{n}:{self.output_fingerprint('clean', n)}" for n in self.catalog.source_names())
+            )
+        return self.output_fingerprint(STAGES[STAGES.index(stage) - 1], source)
+
+    def stale_reason(self, stage: str, source: str) -> str | None:
+        """Why ``stage``'s output for ``source`` cannot be used as it is, or None when fresh."""
+        recorded = self.catalog.stage_inputs(stage, source)
+        if recorded is None:
+            return f"source {source!r} has no finished {stage} output"
+        if recorded != self.expected_inputs(stage, source):
+            what = {
+                "clean": "its files changed",
+                "dedup": "a source was added, replaced or re-cleaned",
+                "decontaminate": "dedup ran again",
+            }[stage]
+            return f"the {stage} output of source {source!r} is stale ({what} since)"
+        missing = [
+            r.part for r in self.catalog.parts(stage, source)
+            if not self.part_path(stage, source, r.part).is_file()
+        ]  # fmt: skip
+        if missing:
+            return f"the {stage} output of source {source!r} lost part {missing[0]}"
+        return None
+
+    def check_fresh(self, stage: str, source: str) -> None:
+        """Refuse (naming the stage to run) when ``stage``'s output for ``source`` is not fresh."""
+        reason = self.stale_reason(stage, source)
+        if reason:
+            raise UserError(f"{reason}: run `aquila data {stage}` first")
+
+    def depth(self) -> int:
+        """Index in STAGES of the furthest stage any source has finished (-1: none)."""
+        names = self.catalog.source_names()
+        reached = [
+            i for i, st in enumerate(STAGES)
+            # Parts without a record of their inputs (an interrupted stage) count as reached.
+            if any(self.catalog.stage_inputs(st, n) is not None or self.catalog.parts(st, n)
+                   for n in names)
+        ]  # fmt: skip
+        return max(reached, default=-1)
+
     def final_parts(self, source: str) -> list[Path]:
-        """Output parts of the last stage that has run for ``source`` (what tokenizing reads)."""
-        for stage in reversed(STAGES):
-            recs = self.catalog.parts(stage, source)
-            if recs:
-                return [self.part_path(stage, source, r.part) for r in recs]
-        return []
+        """Output parts of the furthest stage the workspace has run (what tokenizing reads).
+
+        Every stage up to that one must be fresh for ``source``: a source added, replaced or
+        re-cleaned after a later stage is refused with the stage to run, never read stale.
+        An empty list means no stage has run at all (tokenize the raw files).
+        """
+        depth = self.depth()
+        if depth < 0:
+            return []
+        for stage in STAGES[: depth + 1]:
+            if stage == "dedup":  # dedup reads every source: name the one to clean first
+                for name in self.catalog.source_names():
+                    self.check_fresh("clean", name)
+            self.check_fresh(stage, source)
+        stage = STAGES[depth]
+        return [self.part_path(stage, source, r.part) for r in self.catalog.parts(stage, source)]
 
 
 def fingerprint(*parts: object) -> str:
