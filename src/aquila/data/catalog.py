@@ -23,7 +23,8 @@ CREATE TABLE IF NOT EXISTS sources (
     lang TEXT NOT NULL,
     kind TEXT NOT NULL,
     position INTEGER NOT NULL,
-    created_at TEXT NOT NULL
+    created_at TEXT NOT NULL,
+    text_field TEXT NOT NULL DEFAULT 'text'
 );
 CREATE TABLE IF NOT EXISTS source_files (
     source TEXT NOT NULL,
@@ -96,12 +97,14 @@ class Source:
     lang: str
     kind: str
     files: tuple[SourceFile, ...]
+    text_field: str = "text"
 
     @property
     def fingerprint(self) -> str:
         """Changes whenever any file of the source changes (content, not timestamps)."""
         joined = "\n".join(f"{f.path}\t{f.sha256}" for f in self.files)
-        return hashlib.sha256(f"{self.lang}\n{joined}".encode()).hexdigest()[:16]
+        field = "" if self.text_field == "text" else f"field={self.text_field}\n"
+        return hashlib.sha256(f"{self.lang}\n{field}{joined}".encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -126,6 +129,11 @@ class Catalog:
         self.db = sqlite3.connect(self.path)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.executescript(SCHEMA)
+        columns = {r[1] for r in self.db.execute("PRAGMA table_info(sources)")}
+        if "text_field" not in columns:  # a catalog written before sources had a text field
+            self.db.execute(
+                "ALTER TABLE sources ADD COLUMN text_field TEXT NOT NULL DEFAULT 'text'"
+            )
         self.db.commit()
 
     def close(self) -> None:
@@ -133,15 +141,29 @@ class Catalog:
 
     # -- sources -------------------------------------------------------------------------------
     def add_source(
-        self, name: str, paths: list[Path], lang: str, kind: str, replace: bool = False
+        self,
+        name: str,
+        paths: list[Path],
+        lang: str,
+        kind: str,
+        replace: bool = False,
+        text_field: str = "text",
     ) -> Source:
+        """Register files, directories (walked recursively), globs or `datasets` directories."""
+        from aquila.data.readers import list_files
+
         check_lang_kind(lang, kind)
-        files = []
-        for p in paths:
-            p = Path(p)
-            if not p.is_file():
-                raise UserError(f"source file not found: {p}")
-            files.append(SourceFile(str(p.resolve()), p.stat().st_size, file_sha256(p)))
+        if not text_field:
+            raise UserError("--text-field must not be empty")
+        found = [f for p in paths for f in list_files(Path(p))]
+        if not found:
+            raise UserError(f"source {name!r}: no input files in {', '.join(map(str, paths))}")
+        files, seen = [], set()
+        for p in found:
+            path = str(p.resolve())
+            if path not in seen:  # a file named twice (a directory and a glob) counts once
+                seen.add(path)
+                files.append(SourceFile(path, p.stat().st_size, file_sha256(p)))
         existing = self.db.execute("SELECT position FROM sources WHERE name=?", (name,)).fetchone()
         if existing and not replace:
             raise UserError(f"source {name!r} already exists (use --replace to overwrite it)")
@@ -153,8 +175,9 @@ class Catalog:
             row = self.db.execute("SELECT COALESCE(MAX(position), -1) + 1 FROM sources").fetchone()
             position = row[0]
         self.db.execute(
-            "INSERT INTO sources (name, lang, kind, position, created_at) VALUES (?, ?, ?, ?, ?)",
-            (name, lang, kind, position, _now()),
+            "INSERT INTO sources (name, lang, kind, position, created_at, text_field)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (name, lang, kind, position, _now(), text_field),
         )
         self.db.executemany(
             "INSERT INTO source_files (source, path, size_bytes, sha256) VALUES (?, ?, ?, ?)",
@@ -165,16 +188,16 @@ class Catalog:
 
     def source(self, name: str) -> Source:
         row = self.db.execute(
-            "SELECT name, lang, kind FROM sources WHERE name=?", (name,)
+            "SELECT name, lang, kind, text_field FROM sources WHERE name=?", (name,)
         ).fetchone()
         if row is None:
             known = ", ".join(self.source_names()) or "none"
             raise UserError(f"unknown source {name!r} (known: {known})")
         files = self.db.execute(
-            "SELECT path, size_bytes, sha256 FROM source_files WHERE source=? ORDER BY path",
+            "SELECT path, size_bytes, sha256 FROM source_files WHERE source=? ORDER BY rowid",
             (name,),
         ).fetchall()
-        return Source(row[0], row[1], row[2], tuple(SourceFile(*f) for f in files))
+        return Source(row[0], row[1], row[2], tuple(SourceFile(*f) for f in files), row[3])
 
     def source_names(self) -> list[str]:
         """Sources in registration order: the deterministic order dedup keeps first."""

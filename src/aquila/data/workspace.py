@@ -144,38 +144,13 @@ def read_part(path: Path) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def _fallback_documents(path: Path) -> Iterator[tuple[str, str]]:
-    """.txt (the whole file is one document) and .jsonl (a ``text`` field per line)."""
-    if path.suffix == ".txt":
-        yield path.stem, path.read_text(encoding="utf-8")
-        return
-    if path.suffix != ".jsonl":
-        raise UserError(f"{path}: unsupported file type (use .txt or .jsonl)")
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise UserError(f"{path}:{n}: invalid JSON ({exc.msg})") from None
-                if not isinstance(rec, dict) or not isinstance(rec.get("text"), str):
-                    raise UserError(f"{path}:{n}: expected an object with a 'text' string")
-                yield str(rec.get("id", f"{path.stem}:{n}")), rec["text"]
-
-
 def iter_source_documents(source: Source) -> Iterator[dict]:
     """Every document of a source's files, in file order, with ids unique within the source."""
-    try:
-        from aquila.data.readers import iter_documents
-    except ModuleNotFoundError:
-        iter_documents = None
+    from aquila.data.readers import iter_documents
+
     for i, f in enumerate(source.files):
         path = Path(f.path)
         if not path.is_file():
             raise UserError(f"source {source.name!r}: file vanished: {path}")
-        if iter_documents is not None:
-            pairs = ((d.id, d.text) for d in iter_documents(path))
-        else:
-            pairs = _fallback_documents(path)
-        for doc_id, text in pairs:
-            yield {"id": f"{i}:{doc_id}", "text": text, "source": source.name}
+        for doc in iter_documents(path, text_field=source.text_field):
+            yield {"id": f"{i}:{doc.id}", "text": doc.text, "source": source.name}
