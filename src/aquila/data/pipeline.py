@@ -140,8 +140,7 @@ def _decontam_part(task: _Task, shared: tuple) -> PartResult:
     index, _cfg = shared
     docs = read_part(task.src)
     kept, removals = [], []
-    for d in docs:
-        hit = decontam.find_match(d["text"], index)
+    for d, hit in zip(docs, decontam.find_matches([d["text"] for d in docs], index)):
         if hit:
             removals.append((d["id"], "contaminated", f"eval={hit[0]} ngram={hit[1]}"))
         else:
