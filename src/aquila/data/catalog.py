@@ -225,6 +225,15 @@ class Catalog:
 
     def record_part(self, rec: PartRecord, removals: list[tuple[str, str, str]]) -> None:
         """Record one finished part and its removed documents (doc_id, reason, detail)."""
+        self.record_parts([(rec, removals)])
+
+    def record_parts(self, results: list[tuple[PartRecord, list[tuple[str, str, str]]]]) -> None:
+        """Record finished parts in one transaction (a task's parts are all there or none)."""
+        for rec, removals in results:
+            self._record(rec, removals)
+        self.db.commit()
+
+    def _record(self, rec: PartRecord, removals: list[tuple[str, str, str]]) -> None:
         key = (rec.stage, rec.source, rec.part)
         self.db.execute("DELETE FROM stage_parts WHERE stage=? AND source=? AND part=?", key)
         self.db.execute("DELETE FROM removals WHERE stage=? AND source=? AND part=?", key)
@@ -237,14 +246,13 @@ class Catalog:
             "INSERT INTO removals VALUES (?, ?, ?, ?, ?, ?)",
             [(*key, d, r, x) for d, r, x in removals],
         )
-        self.db.commit()
 
-    def drop_parts_from(self, stage: str, source: str, first_stale: int) -> None:
-        """Forget parts numbered ``first_stale`` and above (the source shrank)."""
+    def drop_parts(self, stage: str, source: str, parts: list[int]) -> None:
+        """Forget these parts of a stage (their input no longer exists)."""
         for table in ("stage_parts", "removals"):
-            self.db.execute(
-                f"DELETE FROM {table} WHERE stage=? AND source=? AND part>=?",
-                (stage, source, first_stale),
+            self.db.executemany(
+                f"DELETE FROM {table} WHERE stage=? AND source=? AND part=?",
+                [(stage, source, p) for p in parts],
             )
         self.db.commit()
 

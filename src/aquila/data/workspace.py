@@ -21,6 +21,9 @@ from aquila.data.catalog import Catalog, Source
 from aquila.errors import UserError
 
 STAGES = ("clean", "dedup", "decontaminate")
+# A part number is split * PART_STRIDE + segment: clean cuts every input split (a file, or a
+# byte range of a large JSONL file) into segments of --part-docs documents.
+PART_STRIDE = 100_000
 
 
 class DataWorkspace:
@@ -32,19 +35,22 @@ class DataWorkspace:
         self.catalog.close()
 
     def part_path(self, stage: str, source: str, part: int) -> Path:
-        return self.root / "stages" / stage / source / f"part-{part:05d}.jsonl"
+        split, seg = divmod(part, PART_STRIDE)
+        return self.root / "stages" / stage / source / f"part-{split:05d}-{seg:05d}.jsonl"
 
     def stage_dir(self, stage: str, source: str) -> Path:
         return self.root / "stages" / stage / source
 
-    def remove_parts_from(self, stage: str, source: str, first_stale: int) -> None:
-        """Delete outputs numbered ``first_stale`` and above (their input no longer exists)."""
+    def retain_parts(self, stage: str, source: str, keep: set[int]) -> None:
+        """Delete outputs (files and records) other than ``keep``: their input is gone."""
+        stale = [r.part for r in self.catalog.parts(stage, source) if r.part not in keep]
+        self.catalog.drop_parts(stage, source, stale)
+        wanted = {self.part_path(stage, source, k).name for k in keep}
         d = self.stage_dir(stage, source)
         if d.is_dir():
             for p in d.glob("part-*.jsonl"):
-                if int(p.stem.split("-")[1]) >= first_stale:
+                if p.name not in wanted:
                     p.unlink()
-        self.catalog.drop_parts_from(stage, source, first_stale)
 
     # -- freshness -----------------------------------------------------------------------------
     def output_fingerprint(self, stage: str, source: str) -> str:
