@@ -10,8 +10,8 @@ Exit codes of every `aquila` command:
 3     the training was stopped by the monitor (non-finite values, divergence, a ``stop``
       policy, rewinds exhausted)
 4     a checkpoint (:class:`SaveFailed`) or another file of the run (``metrics.jsonl``,
-      ``run.sqlite``: :class:`RunFileFailed`) could not be written: a full disk, a read-only run directory; the
-      latest checkpoint is intact, and the run resumes once the disk has room
+      ``run.sqlite``: :class:`RunFileFailed`) could not be written: a full disk, a read-only
+      run directory; the latest checkpoint is intact, and the run resumes once there is room
 5     the run directory is in use by another training (:class:`RunDirBusy`)
 130   interrupted (Ctrl-C or SIGTERM; a training saves a checkpoint first)
 ====  ===============================================================================
@@ -40,8 +40,8 @@ class UserError(ReportedError):
 
 
 class RunFileFailed(ReportedError):
-    """A file of the run other than a checkpoint (``metrics.jsonl``) could not be written; what
-    was partly written is taken back and the training stops: exit code 4."""
+    """A file of the run other than a checkpoint (``metrics.jsonl``, ``run.sqlite``) could not
+    be written; what was partly written is taken back and the training stops: exit code 4."""
 
     exit_code = EXIT_SAVE_FAILED
 
