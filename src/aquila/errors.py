@@ -13,6 +13,8 @@ Exit codes of every `aquila` command:
       ``run.sqlite``: :class:`RunFileFailed`) could not be written: a full disk, a read-only
       run directory; the latest checkpoint is intact, and the run resumes once there is room
 5     the run directory is in use by another training (:class:`RunDirBusy`)
+6     ``aquila control ... --wait``: the training rejected the command (the reason is printed)
+7     ``aquila control ... --wait``: the command is still pending at ``--timeout``
 130   interrupted (Ctrl-C or SIGTERM; a training saves a checkpoint first)
 ====  ===============================================================================
 """
@@ -23,6 +25,8 @@ EXIT_USAGE = 2
 EXIT_MONITOR_STOP = 3
 EXIT_SAVE_FAILED = 4
 EXIT_RUN_BUSY = 5
+EXIT_COMMAND_REJECTED = 6
+EXIT_COMMAND_PENDING = 7
 EXIT_INTERRUPTED = 130
 
 
