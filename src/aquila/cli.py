@@ -22,6 +22,7 @@ COMMAND_MODULES = [
     "aquila.engine.control_commands",
     "aquila.monitor.commands",
     "aquila.scale.commands",
+    "aquila.sweep.commands",
 ]
 
 

@@ -81,3 +81,57 @@ def test_planted_items_found_and_real_text_clean(eval_files, english_text, chine
     assert hit_zh and hit_zh[0].endswith("ceval.csv") and "域名" in hit_zh[1]
     # A short stem fragment below the n-gram length is not enough on its own.
     assert find_match(zh_docs[7] + "域名转换为网络地址", index) is None
+
+
+def test_vectorised_scan_decides_exactly_as_the_plain_scan(
+    eval_files, english_text, chinese_text, tmp_path
+):
+    """Same document removed, same eval file, same (first) n-gram, over real text with planted
+    items, short items, full-width and combining characters."""
+    from aquila.data.decontam import find_matches
+
+    short_en = "the quick brown fox jumps over the lazy dog"  # 9 words: matched whole
+    short_zh = "域名系统的解析过程"  # 9 characters
+    extra = tmp_path / "short.txt"
+    extra.write_text(f"{short_en}\n{short_zh}\n", encoding="utf-8")
+    index = build_index([*eval_files, extra], DecontamConfig())
+    wide = "".join(chr(ord(c) + 0xFEE0) if c.isalnum() else c for c in GSM[2]["question"])
+    en = [english_text[i : i + 1800] for i in range(0, 90_000, 1800)]
+    lines = chinese_text.split("\n")
+    zh = ["\n".join(lines[i : i + 6]) for i in range(0, 300, 6)]
+    docs = en + zh + ["", "x", "Ｗｅｎｇ ｅａｒｎｓ", "e\u0301\u0323 ﬁ ① ㈱ 가\u11a8"]
+    for k in range(0, len(docs) - 4, 7):
+        item = [GSM[k % 3]["question"], CEVAL_CSV.split("\n")[1 + k % 3].split(",")[1]][k % 2]
+        docs[k] = docs[k][:300] + item.upper().replace(" ", "  ") + docs[k][300:]
+    docs[3] = docs[3][:100] + wide + docs[3][100:]
+    # A short item before a 13-gram: the longer n-gram is reported, as the plain scan does.
+    docs[4] = docs[4][:100] + short_en + docs[4][100:900] + GSM[0]["question"] + docs[4][900:]
+    docs[5] = (
+        zh[1][:50]
+        + short_zh
+        + zh[1][50:200]
+        + "在计算机网络中负责把域名转换为网络地址的系统"
+        + zh[1][200:]
+    )
+    expected = [find_match(d, index) for d in docs]
+    assert sum(e is not None for e in expected) >= 15
+    assert find_matches(docs, index) == expected
+
+
+def test_fast_nfkc_is_nfkc():
+    import unicodedata
+
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from aquila.data.decontam import fast_nfkc
+
+    tricky = "aeiouAZ09 ,.，。１Ａｚ\u0301\u0323\u0308ﬁﬀ①㈱²ℌ𝐀\uf900\ufa0e가\u1100\u1161\u11a8ᄀ한ｶﾞİΣσ\u0344\u0f73"
+    alphabet = st.sampled_from(tricky) | st.characters(max_codepoint=0x2FFFF)
+
+    @settings(max_examples=400, deadline=None)
+    @given(st.text(alphabet=alphabet, max_size=40))
+    def check(s):
+        assert fast_nfkc(s) == unicodedata.normalize("NFKC", s)
+
+    check()

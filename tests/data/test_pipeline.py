@@ -111,7 +111,7 @@ def test_pipeline_end_to_end(tmp_path, capsys, corpus):
     _, again, _ = run_cli(capsys, "clean", "--part-docs", "20", *common)
     assert again["parts_run"] == 0 and again["documents_kept"] == clean["documents_kept"]
     # Resumable: a lost part (a crash before it finished) is the only one re-run.
-    (ws / "stages" / "clean" / "peoples_daily" / "part-00003.jsonl").unlink()
+    (ws / "stages" / "clean" / "peoples_daily" / "part-00000-00003.jsonl").unlink()
     _, resumed, _ = run_cli(capsys, "clean", "--part-docs", "20", *common)
     assert resumed["parts_run"] == 1 and resumed["documents_kept"] == clean["documents_kept"]
 

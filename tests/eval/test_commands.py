@@ -6,6 +6,7 @@ import json
 import shutil
 
 from aquila.cli import main
+from aquila.engine.rundb import RunDB
 
 
 def _last_json(out: str) -> dict:
@@ -50,11 +51,20 @@ def test_eval_run_dir_records_results(eval_model_dir, capsys, tmp_path):
         == 0
     )
     res = _last_json(capsys.readouterr().out)
-    stored = json.loads((run / "eval" / "step-50.json").read_text())
-    assert stored["step"] == 50 and stored["results"] == res
+    (row,) = RunDB(run).evals()
+    assert row["step"] == 50 and row["task"] == "mc:mc" and row["data"]["metrics"] == res["mc:mc"]
+    assert row["data"]["spec"] == "mc:" + str(_mc_file(tmp_path))
+    assert row["data"]["checkpoint"] == "step-00000050" and row["data"]["origin"] == "aquila eval"
+    assert not (run / "eval").exists()
+    # An unreadable run database is refused before anything is scored.
+    (run / "run.sqlite").unlink()
+    (run / "run.sqlite").write_bytes(b"not a database" * 100)
+    assert main(["eval", str(run), "--tasks", "bpb", "--json", "--quiet"]) == 2
+    captured = capsys.readouterr()
+    assert "run database cannot be read" in captured.err and captured.out == ""
 
 
-def _mc_file(tmp_path):
+def _mc_file(tmp_path, n=2):
     f = tmp_path / "mc.jsonl"
     rows = [
         {
@@ -62,9 +72,23 @@ def _mc_file(tmp_path):
             "choices": [" the heaven", " 人民", " x"],
             "gold": 0,
         }
-    ] * 2
+    ] * n
     f.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     return f
+
+
+def test_two_mc_files_give_two_results(eval_model_dir, capsys, tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    fa, fb = _mc_file(a), _mc_file(b, n=3)
+    argv = ["eval", str(eval_model_dir), "--json", "--quiet", "--tasks"]
+    assert main([*argv, f"mc:{fa},other=mc:{fb}"]) == 0
+    res = _last_json(capsys.readouterr().out)
+    assert list(res) == ["mc:mc", "other"]
+    assert res["mc:mc"]["n"] == 2 and res["other"]["n"] == 3
+    assert main([*argv, f"mc:{fa},mc:{fb}"]) == 2
+    err = capsys.readouterr().err
+    assert "both named 'mc:mc'" in err and "mc_mc_2=" in err
 
 
 def test_eval_table_output(eval_model_dir, capsys, tmp_path):

@@ -115,14 +115,14 @@ def test_generic_mc_and_bad_gold(tmp_path):
     )
     ex = read_generic_mc(ok)
     assert [e.gold for e in ex] == [0, 2] and ex[1].context == "Q2"
-    bad = _jsonl(tmp_path / "bad.jsonl", [{"query": "Q", "choices": ["a"], "gold": 3}])
+    bad = _jsonl(tmp_path / "bad.jsonl", [{"query": "Q", "choices": ["a", "b"], "gold": 3}])
     with pytest.raises(UserError, match="bad.jsonl:1.*gold"):
         read_generic_mc(bad)
 
 
 def test_invalid_json_names_line(tmp_path):
     f = tmp_path / "broken.jsonl"
-    f.write_text('{"query": "q", "choices": ["a"], "gold": 0}\n{not json\n')
+    f.write_text('{"query": "q", "choices": ["a", "b"], "gold": 0}\n{not json\n')
     with pytest.raises(UserError, match="broken.jsonl:2"):
         read_generic_mc(f)
 

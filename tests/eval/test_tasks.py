@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import pytest
 
@@ -12,7 +13,7 @@ from aquila.eval.builtin import en_next_verse, next_sentence_examples, zh_news_c
 from aquila.eval.lm import LogLikelihood
 from aquila.eval.multiple_choice import fewshot_context, score_examples
 from aquila.eval.readers import MCExample
-from aquila.eval.results import checkpoint_step, load_results, record_results
+from aquila.eval.results import checkpoint_step, record_results
 from aquila.eval.tasks import get_task, parse_tasks
 
 
@@ -127,6 +128,27 @@ def test_registry_and_errors(tmp_path):
     assert len(task.load(None)) == 1 and math.isclose(task.chance, 1 / 3)
 
 
+def test_every_task_has_a_unique_stable_name(tmp_path):
+    for d in ("a", "b"):
+        (tmp_path / d).mkdir()
+        (tmp_path / d / "x.jsonl").write_text("")
+    tasks = parse_tasks(
+        f"bpb,mc:{tmp_path}/a/x.jsonl,mine=mc:{tmp_path}/b/x.jsonl,mmlu:{tmp_path}/a/"
+    )
+    assert [t.name for t in tasks] == ["bpb", "mc:x", "mine", "mmlu:a"]
+    assert tasks[2].spec == f"mine=mc:{tmp_path}/b/x.jsonl"
+    assert get_task("mc:dir/q.jsonl.gz").name == "mc:q"
+    assert get_task("gsm8k:test.jsonl").name == "gsm8k:test"
+    with pytest.raises(UserError, match=r"are both named 'mc:x'; name one of them, e\.g\. mc_x_2="):
+        parse_tasks(f"mc:{tmp_path}/a/x.jsonl,mc:{tmp_path}/b/x.jsonl")
+    with pytest.raises(UserError, match="'bpb' is given twice"):
+        parse_tasks("bpb,bpb")
+    with pytest.raises(UserError, match="both named 'bpb'"):
+        parse_tasks(f"bpb,bpb=mc:{tmp_path}/a/x.jsonl")
+    with pytest.raises(UserError, match="task name 'a b'"):
+        get_task("a b=bpb")
+
+
 def test_bpb_task_per_source_and_language(eval_lm):
     task = get_task("bpb")
     sources = task.load(1)  # one document per source
@@ -148,10 +170,121 @@ def test_bpb_task_per_source_and_language(eval_lm):
     assert r["bpb"] > r["chance"]
 
 
-def test_record_and_load_results(tmp_path):
-    results = {"en_next_verse": {"acc": 0.5, "chance": 0.25}}
-    path = record_results(tmp_path, 120, results)
-    assert path == tmp_path / "eval" / "step-120.json"
-    assert load_results(tmp_path) == {120: results}
+def test_results_go_into_the_run_database(tmp_path):
+    from aquila.engine.rundb import RunDB
+
+    results = {"en_next_verse": {"acc": 0.5, "chance": 0.25}, "mine": {"acc": 1.0}}
+    tasks = parse_tasks(f"en_next_verse,mine=mc:{tmp_path}/m.jsonl")
+    path = record_results(tmp_path, 120, results, tasks, meta={"checkpoint": "step-00000120"})
+    assert path == tmp_path / "run.sqlite"
+    rows = RunDB(tmp_path).evals()
+    assert [(r["step"], r["task"]) for r in rows] == [(120, "en_next_verse"), (120, "mine")]
+    assert rows[1]["data"] == {
+        "metrics": {"acc": 1.0},
+        "spec": f"mine=mc:{tmp_path}/m.jsonl",
+        "path": f"{tmp_path}/m.jsonl",
+        "kind": "multiple_choice",
+        "origin": "aquila eval",
+        "checkpoint": "step-00000120",
+    }
+    assert not (tmp_path / "eval").exists()
     assert checkpoint_step(tmp_path / "checkpoints" / "step-00000120") == 120
     assert checkpoint_step(tmp_path / "model") is None
+
+
+def _own_text(root):
+    """Held-out text the model never saw, in the layouts `bpb:PATH` reads."""
+    (root / "en").mkdir(parents=True)
+    (root / "en" / "letter.txt").write_text(
+        "Dear Anna, the harbour was quiet this morning and the ferry left on time.\n"
+    )
+    (root / "notes.jsonl").write_text(
+        "".join(
+            json.dumps({"text": t}, ensure_ascii=False) + "\n"
+            for t in [
+                "今天的天气很好，我们去公园散步。",
+                "图书馆明天上午九点开门，欢迎大家来借书。",
+            ]
+        )
+    )
+    (root / ".hidden.txt").write_text("never read")
+    (root / "README.md").write_text("ignored: not .txt or .jsonl")
+    return root
+
+
+def test_bpb_on_any_text_per_file_and_language(eval_lm, tmp_path):
+    from aquila.eval.bpb import bits_per_byte, unigram_bpb
+    from aquila.eval.tasks import RunOptions
+
+    root = _own_text(tmp_path / "mine")
+    task = get_task(f"bpb:{root}")
+    assert task.name == "bpb:mine" and task.kind == "bpb"
+    files = task.prepare(None)
+    assert [(f.name, f.lang, len(f.documents)) for f in files] == [
+        ("en/letter.txt", "en", 1),
+        ("notes.jsonl", "zh", 2),
+    ]
+    r = task.run(eval_lm, files, RunOptions())
+    letter = bits_per_byte(eval_lm.model, eval_lm.tokenizer, files[0].documents)
+    assert r["bpb:en/letter.txt"] == pytest.approx(letter["bpb"])
+    assert r["bpb_en"] == pytest.approx(letter["bpb"])  # the only English file
+    assert r["unigram:notes.jsonl"] == pytest.approx(unigram_bpb(files[1].documents))
+    assert r["bpb_zh"] == r["bpb:notes.jsonl"]
+    zh_bytes = sum(len(d.encode()) for d in files[1].documents)
+    pooled = (letter["bpb"] * letter["bytes"] + r["bpb_zh"] * zh_bytes) / (
+        letter["bytes"] + zh_bytes
+    )
+    assert r["bpb"] == pytest.approx(pooled) and r["bytes"] == letter["bytes"] + zh_bytes
+    assert r["chance"] == pytest.approx(unigram_bpb(files[0].documents + files[1].documents))
+    assert r["files"] == 2
+    # One file alone; --limit takes the first documents of each file.
+    single = get_task(f"bpb:{root}/notes.jsonl")
+    (f,) = single.prepare(1)
+    assert f.name == "notes.jsonl" and len(f.documents) == 1
+
+
+@pytest.mark.parametrize(
+    "name,content,message",
+    [
+        ("a.jsonl", '{"text": 5}\n', "a.jsonl:1: field 'text' must be a string"),
+        ("a.jsonl", '{"body": "x"}\n', "a.jsonl:1: missing field 'text'"),
+        ("a.txt", "   \n", "a.txt: no text to score"),
+        ("a.txt", b"caf\xe9", "a.txt:1: not valid UTF-8"),
+    ],
+)
+def test_bpb_text_is_validated(tmp_path, name, content, message):
+    f = tmp_path / name
+    f.write_bytes(content if isinstance(content, bytes) else content.encode())
+    with pytest.raises(UserError, match=re.escape(message)):
+        get_task(f"bpb:{f}").prepare(None)
+
+
+def test_bpb_of_a_dir_without_text_is_refused(tmp_path):
+    (tmp_path / "x.csv").write_text("a,b\n")
+    with pytest.raises(UserError, match="holds no .txt/.jsonl"):
+        get_task(f"bpb:{tmp_path}").prepare(None)
+    with pytest.raises(UserError, match="does not exist"):
+        get_task(f"bpb:{tmp_path}/nope").prepare(None)
+
+
+def test_table_puts_each_bpb_beside_the_unigram_entropy_of_its_own_text():
+    from rich.console import Console
+
+    from aquila.eval.results import results_table
+
+    res = {
+        "bpb:mine": {
+            "bpb": 2.5,
+            "bpb_en": 2.0,
+            "bpb:a.txt": 2.0,
+            "unigram_en": 4.25,
+            "unigram:a.txt": 4.25,
+            "bytes": 10,
+            "chance": 4.75,
+        }
+    }
+    console = Console(width=200, record=True)
+    console.print(results_table(res))
+    rows = {ln.split("│")[2].strip(): ln for ln in console.export_text().splitlines() if "│" in ln}
+    assert "4.7500" in rows["bpb"] and "4.2500" in rows["bpb_en"] and "4.2500" in rows["bpb:a.txt"]
+    assert "unigram_en" not in rows and rows["bytes"].split("│")[4].strip() == ""

@@ -152,3 +152,56 @@ def test_cli_generate_errors(model_dir: Path, tmp_path: Path, capsys) -> None:
     assert "--greedy cannot be combined with --top-k" in capsys.readouterr().err
     assert main(["generate", str(tmp_path / "missing"), "--prompt", "x"]) == 2
     assert "missing" in capsys.readouterr().err
+
+
+def test_repetition_penalty_follows_transformers() -> None:
+    """Same logits as transformers' RepetitionPenaltyLogitsProcessor, on signed logits."""
+    transformers = pytest.importorskip("transformers")
+    from aquila.model.generate import penalize_repeats
+
+    logits = torch.tensor([2.0, -1.0, 0.5, -3.0, 4.0])
+    seen = torch.tensor([0, 1, 3])
+    ours = penalize_repeats(logits, seen, 1.5)
+    theirs = transformers.RepetitionPenaltyLogitsProcessor(1.5)(seen[None], logits[None].clone())
+    torch.testing.assert_close(ours, theirs[0])
+    assert ours[0] == 2.0 / 1.5 and ours[1] == -1.5 and ours[4] == 4.0
+
+
+def test_repetition_penalty_breaks_a_greedy_loop(make_model) -> None:
+    model = make_model()
+    plain = list(generate(model, PROMPT, 40, greedy=True))
+    penalized = list(generate(model, PROMPT, 40, greedy=True, repetition_penalty=1.3))
+    assert penalized != plain
+    assert len(set(penalized)) > len(set(plain)), (plain, penalized)
+    # Penalty 1.0 is exactly no penalty.
+    assert list(generate(model, PROMPT, 40, greedy=True, repetition_penalty=1.0)) == plain
+    with pytest.raises(UserError, match="--repetition-penalty"):
+        generate(model, PROMPT, 4, repetition_penalty=0.0)
+
+
+def test_cli_generate_repetition_penalty(model_dir: Path, capsys) -> None:
+    args = ["generate", str(model_dir), "--prompt", "天", "--greedy", "--max-new-tokens", "30"]
+    assert main([*args, "--json"]) == 0
+    plain = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["token_ids"]
+    assert main([*args, "--repetition-penalty", "1.5", "--json"]) == 0
+    penalized = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["token_ids"]
+    assert penalized != plain
+    assert main([*args, "--repetition-penalty", "-1"]) == 2
+    assert "--repetition-penalty must be > 0" in capsys.readouterr().err
+
+
+def test_report_samples_greedy_and_seeded_nucleus(make_model, tiny_tokenizer) -> None:
+    from aquila.engine.report import SAMPLE_PROMPTS, report_samples
+
+    model = make_model()
+    greedy = report_samples(model, tiny_tokenizer, 24)
+    nucleus = report_samples(model, tiny_tokenizer, 24, nucleus=True)
+    assert nucleus == report_samples(model, tiny_tokenizer, 24, nucleus=True)  # seeded
+    for lang, prompt in SAMPLE_PROMPTS.items():
+        assert greedy[lang].startswith(prompt) and nucleus[lang].startswith(prompt)
+        assert nucleus[lang] != greedy[lang]
+        # Like `aquila generate`, the prompt follows the start-of-document token.
+        ids = [tiny_tokenizer.eos_id, *tiny_tokenizer.encode(prompt)]
+        new = [t for t in generate(model, ids, 24, greedy=True, eos_id=tiny_tokenizer.eos_id)]
+        new = [t for t in new if t != tiny_tokenizer.eos_id]
+        assert greedy[lang] == prompt + tiny_tokenizer.decode(new)

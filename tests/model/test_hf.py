@@ -98,8 +98,8 @@ def test_tokenizer_export_loads_in_transformers(
 ) -> None:
     hf_dir = _export(tmp_path, make_model(), tokenizer=tiny_tokenizer)
     config = json.loads((hf_dir / "config.json").read_text())
-    assert config["bos_token_id"] == tiny_tokenizer.bos_id
-    assert config["eos_token_id"] == tiny_tokenizer.eos_id
+    # Documents start after </s> in training: that is the exported BOS.
+    assert config["bos_token_id"] == config["eos_token_id"] == tiny_tokenizer.eos_id
     generation = json.loads((hf_dir / "generation_config.json").read_text())
     assert generation["eos_token_id"] == tiny_tokenizer.eos_id
     auto = transformers.AutoTokenizer.from_pretrained(hf_dir)
@@ -109,13 +109,42 @@ def test_tokenizer_export_loads_in_transformers(
         chinese_text[3000:4000],
         "Mixed 中英文 text, 1998年 end.",
     ]:
-        assert auto(text)["input_ids"] == tiny_tokenizer.encode(text)
+        # transformers' default call adds the start-of-document token, as aquila does.
+        assert auto(text)["input_ids"] == [tiny_tokenizer.eos_id, *tiny_tokenizer.encode(text)]
+        assert auto(text, add_special_tokens=False)["input_ids"] == tiny_tokenizer.encode(text)
         assert auto.decode(tiny_tokenizer.encode(text)) == text
     # The tokenizer files come back on import.
     import_hf(hf_dir, tmp_path / "back")
     assert (tmp_path / "back" / "tokenizer.json").read_bytes() == (
         hf_dir / "tokenizer.json"
     ).read_bytes()
+
+
+def test_default_transformers_use_reproduces_aquila_generate_greedy(
+    tmp_path: Path, make_model, tiny_tokenizer, capsys
+) -> None:
+    """tok(prompt) + model.generate, and pipeline("text-generation"), on an export give exactly
+    the tokens `aquila generate --greedy` gives, with no aquila-specific arguments."""
+    src = save_model_dir(make_model(), tmp_path / "native", tokenizer=tiny_tokenizer)
+    export_hf(src, tmp_path / "hf")
+    hf_dir = tmp_path / "hf"
+    prompts = ["In the beginning God", "中华人民共和国", "And"]
+    tok = transformers.AutoTokenizer.from_pretrained(hf_dir)
+    hf = _hf_model(hf_dir)
+    pipe = transformers.pipeline("text-generation", model=hf, tokenizer=tok)
+    distinct = set()
+    for prompt in prompts:
+        args = ["generate", str(src), "--prompt", prompt, "--greedy", "--max-new-tokens", "20"]
+        assert main([*args, "--json"]) == 0
+        ours = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        enc = tok(prompt, return_tensors="pt")
+        with torch.no_grad():
+            out = hf.generate(**enc, do_sample=False, max_new_tokens=20)
+        assert out[0, enc["input_ids"].shape[1] :].tolist() == ours["token_ids"], prompt
+        (got,) = pipe(prompt, do_sample=False, max_new_tokens=20)
+        assert got["generated_text"] == prompt + ours["text"], prompt
+        distinct.update(ours["token_ids"])
+    assert len(distinct) > 8  # the model says different things: a real comparison
 
 
 def _hf_state(hf_dir: Path) -> dict[str, torch.Tensor]:
@@ -299,3 +328,48 @@ def test_bad_shard_size_is_one_line_and_writes_nothing(tmp_path: Path, model_dir
         err = capsys.readouterr().err.strip()
         assert "--max-shard-size" in err and len(err.splitlines()) == 1
         assert not out.exists()
+
+
+def test_import_takes_the_checkpoints_start_token_and_says_which(
+    tmp_path: Path, make_model, tiny_tokenizer, capsys
+) -> None:
+    src = save_model_dir(make_model(), tmp_path / "native", tokenizer=tiny_tokenizer)
+    export_hf(src, tmp_path / "hf")
+    # An aquila export round-trips with aquila's convention: </s>, nothing recorded.
+    assert main(["import", str(tmp_path / "hf"), "--out", str(tmp_path / "back")]) == 0
+    assert "start of document: </s> (from tokenizer_config.json)" in capsys.readouterr().out
+    assert "doc_start_token" not in load_model_dir(tmp_path / "back").cfg.extra
+    # A checkpoint whose tokenizer adds Aquila2's [CLS] (Llama 2 style add_bos_token).
+    cfg_file = tmp_path / "hf" / "tokenizer_config.json"
+    cfg_file.write_text(json.dumps({**json.loads(cfg_file.read_text()), "bos_token": "[CLS]"}))
+    summary = import_hf(tmp_path / "hf", tmp_path / "cls")
+    assert summary["doc_start"] == {"token": "[CLS]", "from": "tokenizer_config.json"}
+    model = load_model_dir(tmp_path / "cls")
+    assert model.cfg.extra["doc_start_token"] == "[CLS]"
+    args = ["generate", str(tmp_path / "cls"), "--prompt", "In the", "--greedy", "--json"]
+    assert main([*args, "--max-new-tokens", "8"]) == 0
+    ours = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["token_ids"]
+    prompt = [tiny_tokenizer.bos_id, *tiny_tokenizer.encode("In the")]
+    assert ours == list(generate(model, prompt, 8, greedy=True, eos_id=tiny_tokenizer.eos_id))
+    # Llama 3 style: only tokenizer.json's template names the token.
+    cfg_file.write_text(json.dumps({"bos_token": "[CLS]"}))
+    tok_file = tmp_path / "hf" / "tokenizer.json"
+    tok = json.loads(tok_file.read_text())
+    tok["post_processor"] = {
+        "type": "Sequence",
+        "processors": [
+            {"type": "ByteLevel"},
+            {
+                "type": "TemplateProcessing",
+                "single": [
+                    {"SpecialToken": {"id": "[CLS]", "type_id": 0}},
+                    {"Sequence": {"id": "A", "type_id": 0}},
+                ],
+                "pair": [],
+                "special_tokens": {},
+            },
+        ],
+    }
+    tok_file.write_text(json.dumps(tok))
+    summary = import_hf(tmp_path / "hf", tmp_path / "llama3")
+    assert summary["doc_start"] == {"token": "[CLS]", "from": "tokenizer.json post_processor"}

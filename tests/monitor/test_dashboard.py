@@ -443,3 +443,27 @@ def test_dashboard_data_without_http(monitored_run):
     app = Dashboard(monitored_run)
     assert app.known_sources() == {"kjv", "news"}
     assert app.metrics(since=10)["rows"][0]["step"] == 12
+
+
+def test_aquila_eval_results_reach_the_dashboard(run_copy, tmp_path, capsys):
+    """`aquila eval RUN` stores its results in the run database, beside the background
+    evaluator's, and the dashboard serves both over checkpoint steps."""
+    f = tmp_path / "qa.jsonl"
+    f.write_text(json.dumps({"query": "In the beginning", "choices": [" God", " x"], "gold": 0}))
+    txt = tmp_path / "unseen.txt"
+    txt.write_text("The ferry left the harbour on time this morning.\n")
+    args = ["eval", str(run_copy), "--tasks", f"bpb:{txt},mine=mc:{f}", "--quiet", "--json"]
+    assert main(args) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    s = Server(run_copy)
+    try:
+        evals = json.loads(_get(s.base + "/api/evals", {"X-Aquila-Token": s.token})[1])
+    finally:
+        s.close()
+    assert {e["task"] for e in evals} >= {"heldout-bpb", "bpb:unseen", "mine"}
+    mine = [e for e in evals if e["task"] == "mine"]
+    assert [e["step"] for e in mine] == [12]  # the run's latest checkpoint
+    assert mine[0]["data"]["metrics"] == printed["mine"]
+    assert mine[0]["data"]["spec"] == f"mine=mc:{f}" and mine[0]["data"]["origin"] == "aquila eval"
+    page = (Path(__file__).parents[2] / "src/aquila/monitor/static/index.html").read_text()
+    assert 'id="chart-tasks"' in page

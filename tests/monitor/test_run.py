@@ -348,3 +348,43 @@ def test_eval_device_is_validated():
     assert MonitorOptions.from_any({"eval": {"device": "cuda:1"}}).eval.device == "cuda:1"
     with pytest.raises(UserError, match="monitor.eval.device = 'gpu'"):
         MonitorOptions.from_any({"eval": {"device": "gpu"}})
+
+
+def test_evaluator_scores_the_runs_own_text_and_tasks_like_aquila_eval(make_config, tmp_path):
+    """monitor.eval.tasks: `bpb:DIR` and a benchmark file, stored per checkpoint in the rows
+    `aquila eval RUN` writes; malformed task files are refused when training starts."""
+    import json
+
+    from aquila.engine.config import load_config
+    from aquila.errors import UserError
+    from aquila.monitor.evaluator import check_tasks, evaluate_checkpoint
+
+    text = tmp_path / "mine"
+    text.mkdir()
+    (text / "a.txt").write_text("The ferry left the harbour on time this morning.\n")
+    mc = tmp_path / "q.jsonl"
+    mc.write_text(json.dumps({"query": "In the", "choices": [" beginning", " x"], "gold": 0}))
+    cfg = make_config("train.max_steps=2", "train.checkpoint_every=2", run_dir=tmp_path / "r")
+    run = prepare_run(cfg, quiet=True, monitor=False)
+    run.trainer.fit()
+    ckpt = run.run_dir / "checkpoints" / "step-00000002"
+    out = evaluate_checkpoint(
+        run.run_dir, ckpt, 2, max_bytes=2000, tasks=[f"bpb:{text}", f"mc:{mc}"], task_limit=5
+    )
+    assert {"heldout-bpb", "bpb:mine", "mc:q"} <= set(out)
+    rows = {e["task"]: e for e in store.open_db(run.run_dir).evals()}
+    row = rows["bpb:mine"]
+    assert row["step"] == 2 and row["data"]["origin"] == "evaluator"
+    assert row["data"]["spec"] == f"bpb:{text}" and row["data"]["checkpoint"] == ckpt.name
+    assert (
+        0 < row["data"]["metrics"]["bpb:a.txt"] < 16 and "unigram:a.txt" in row["data"]["metrics"]
+    )
+    assert rows["mc:q"]["data"]["metrics"]["n"] == 1
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"query": "q", "choices": ["a", "b"], "gold": 9}\n')
+    with pytest.raises(UserError, match="bad.jsonl:1: field 'gold' = 9"):
+        check_tasks([f"mc:{bad}"], 5)
+    cfg_file = tmp_path / "c.toml"
+    cfg_file.write_text('[monitor.eval]\ntasks = ["bpb", "bpb"]\n')
+    with pytest.raises(UserError, match="config key monitor.eval.tasks"):
+        load_config(cfg_file)

@@ -23,7 +23,8 @@ CREATE TABLE IF NOT EXISTS sources (
     lang TEXT NOT NULL,
     kind TEXT NOT NULL,
     position INTEGER NOT NULL,
-    created_at TEXT NOT NULL
+    created_at TEXT NOT NULL,
+    text_field TEXT NOT NULL DEFAULT 'text'
 );
 CREATE TABLE IF NOT EXISTS source_files (
     source TEXT NOT NULL,
@@ -52,6 +53,13 @@ CREATE TABLE IF NOT EXISTS removals (
     doc_id TEXT NOT NULL,
     reason TEXT NOT NULL,
     detail TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS stage_inputs (
+    stage TEXT NOT NULL,
+    source TEXT NOT NULL,
+    inputs TEXT NOT NULL,
+    finished_at TEXT NOT NULL,
+    PRIMARY KEY (stage, source)
 );
 CREATE TABLE IF NOT EXISTS mixtures (
     name TEXT NOT NULL,
@@ -89,12 +97,14 @@ class Source:
     lang: str
     kind: str
     files: tuple[SourceFile, ...]
+    text_field: str = "text"
 
     @property
     def fingerprint(self) -> str:
         """Changes whenever any file of the source changes (content, not timestamps)."""
         joined = "\n".join(f"{f.path}\t{f.sha256}" for f in self.files)
-        return hashlib.sha256(f"{self.lang}\n{joined}".encode()).hexdigest()[:16]
+        field = "" if self.text_field == "text" else f"field={self.text_field}\n"
+        return hashlib.sha256(f"{self.lang}\n{field}{joined}".encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -119,6 +129,11 @@ class Catalog:
         self.db = sqlite3.connect(self.path)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.executescript(SCHEMA)
+        columns = {r[1] for r in self.db.execute("PRAGMA table_info(sources)")}
+        if "text_field" not in columns:  # a catalog written before sources had a text field
+            self.db.execute(
+                "ALTER TABLE sources ADD COLUMN text_field TEXT NOT NULL DEFAULT 'text'"
+            )
         self.db.commit()
 
     def close(self) -> None:
@@ -126,15 +141,29 @@ class Catalog:
 
     # -- sources -------------------------------------------------------------------------------
     def add_source(
-        self, name: str, paths: list[Path], lang: str, kind: str, replace: bool = False
+        self,
+        name: str,
+        paths: list[Path],
+        lang: str,
+        kind: str,
+        replace: bool = False,
+        text_field: str = "text",
     ) -> Source:
+        """Register files, directories (walked recursively), globs or `datasets` directories."""
+        from aquila.data.readers import list_files
+
         check_lang_kind(lang, kind)
-        files = []
-        for p in paths:
-            p = Path(p)
-            if not p.is_file():
-                raise UserError(f"source file not found: {p}")
-            files.append(SourceFile(str(p.resolve()), p.stat().st_size, file_sha256(p)))
+        if not text_field:
+            raise UserError("--text-field must not be empty")
+        found = [f for p in paths for f in list_files(Path(p))]
+        if not found:
+            raise UserError(f"source {name!r}: no input files in {', '.join(map(str, paths))}")
+        files, seen = [], set()
+        for p in found:
+            path = str(p.resolve())
+            if path not in seen:  # a file named twice (a directory and a glob) counts once
+                seen.add(path)
+                files.append(SourceFile(path, p.stat().st_size, file_sha256(p)))
         existing = self.db.execute("SELECT position FROM sources WHERE name=?", (name,)).fetchone()
         if existing and not replace:
             raise UserError(f"source {name!r} already exists (use --replace to overwrite it)")
@@ -146,8 +175,9 @@ class Catalog:
             row = self.db.execute("SELECT COALESCE(MAX(position), -1) + 1 FROM sources").fetchone()
             position = row[0]
         self.db.execute(
-            "INSERT INTO sources (name, lang, kind, position, created_at) VALUES (?, ?, ?, ?, ?)",
-            (name, lang, kind, position, _now()),
+            "INSERT INTO sources (name, lang, kind, position, created_at, text_field)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (name, lang, kind, position, _now(), text_field),
         )
         self.db.executemany(
             "INSERT INTO source_files (source, path, size_bytes, sha256) VALUES (?, ?, ?, ?)",
@@ -158,16 +188,16 @@ class Catalog:
 
     def source(self, name: str) -> Source:
         row = self.db.execute(
-            "SELECT name, lang, kind FROM sources WHERE name=?", (name,)
+            "SELECT name, lang, kind, text_field FROM sources WHERE name=?", (name,)
         ).fetchone()
         if row is None:
             known = ", ".join(self.source_names()) or "none"
             raise UserError(f"unknown source {name!r} (known: {known})")
         files = self.db.execute(
-            "SELECT path, size_bytes, sha256 FROM source_files WHERE source=? ORDER BY path",
+            "SELECT path, size_bytes, sha256 FROM source_files WHERE source=? ORDER BY rowid",
             (name,),
         ).fetchall()
-        return Source(row[0], row[1], row[2], tuple(SourceFile(*f) for f in files))
+        return Source(row[0], row[1], row[2], tuple(SourceFile(*f) for f in files), row[3])
 
     def source_names(self) -> list[str]:
         """Sources in registration order: the deterministic order dedup keeps first."""
@@ -195,6 +225,15 @@ class Catalog:
 
     def record_part(self, rec: PartRecord, removals: list[tuple[str, str, str]]) -> None:
         """Record one finished part and its removed documents (doc_id, reason, detail)."""
+        self.record_parts([(rec, removals)])
+
+    def record_parts(self, results: list[tuple[PartRecord, list[tuple[str, str, str]]]]) -> None:
+        """Record finished parts in one transaction (a task's parts are all there or none)."""
+        for rec, removals in results:
+            self._record(rec, removals)
+        self.db.commit()
+
+    def _record(self, rec: PartRecord, removals: list[tuple[str, str, str]]) -> None:
         key = (rec.stage, rec.source, rec.part)
         self.db.execute("DELETE FROM stage_parts WHERE stage=? AND source=? AND part=?", key)
         self.db.execute("DELETE FROM removals WHERE stage=? AND source=? AND part=?", key)
@@ -207,14 +246,13 @@ class Catalog:
             "INSERT INTO removals VALUES (?, ?, ?, ?, ?, ?)",
             [(*key, d, r, x) for d, r, x in removals],
         )
-        self.db.commit()
 
-    def drop_parts_from(self, stage: str, source: str, first_stale: int) -> None:
-        """Forget parts numbered ``first_stale`` and above (the source shrank)."""
+    def drop_parts(self, stage: str, source: str, parts: list[int]) -> None:
+        """Forget these parts of a stage (their input no longer exists)."""
         for table in ("stage_parts", "removals"):
-            self.db.execute(
-                f"DELETE FROM {table} WHERE stage=? AND source=? AND part>=?",
-                (stage, source, first_stale),
+            self.db.executemany(
+                f"DELETE FROM {table} WHERE stage=? AND source=? AND part=?",
+                [(stage, source, p) for p in parts],
             )
         self.db.commit()
 
@@ -225,6 +263,23 @@ class Catalog:
         if source:
             q, args = q + " AND source=?", (stage, source)
         return self.db.execute(q + " ORDER BY source, part, doc_id", args).fetchall()
+
+    # -- what each stage read ------------------------------------------------------------------
+    def stage_inputs(self, stage: str, source: str) -> str | None:
+        """Fingerprint of the inputs a finished stage read for ``source`` (None: not finished)."""
+        row = self.db.execute(
+            "SELECT inputs FROM stage_inputs WHERE stage=? AND source=?", (stage, source)
+        ).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_stage_inputs(self, stage: str, source: str, inputs: str | None) -> None:
+        """Record (or, with None, forget: the stage started and has not finished) its inputs."""
+        self.db.execute("DELETE FROM stage_inputs WHERE stage=? AND source=?", (stage, source))
+        if inputs is not None:
+            self.db.execute(
+                "INSERT INTO stage_inputs VALUES (?, ?, ?, ?)", (stage, source, inputs, _now())
+            )
+        self.db.commit()
 
     # -- mixtures ------------------------------------------------------------------------------
     def record_mixture(self, name: str, toml_text: str) -> int:

@@ -1,14 +1,19 @@
 """The DMU stages over a workspace: clean -> dedup -> decontaminate.
 
-Each stage splits every source into numbered parts, gives each part a fingerprint of its
-inputs and settings, and only runs parts whose recorded fingerprint differs (or whose output is
-missing): a crashed run resumes where it stopped, and a repeated run does nothing. Workers are
-pure functions of their task; the coordinating process alone records results in the catalog.
+Stages stream: the coordinating process holds descriptions of parts (a split of an input file,
+an output part's path), never documents. Workers (local processes or Ray tasks) read their own
+part from disk and write their own outputs, so a worker's memory is bounded by one part whatever
+the corpus size. Every part has a fingerprint of its inputs and settings and only runs when the
+recorded fingerprint differs or its output is missing: a crashed run resumes where it stopped,
+and a repeated run does nothing. Only the coordinating process records results in the catalog.
+
+Dedup runs as four parallel steps (see ``aquila.data.dedup``): signatures per part, buckets
+per LSH band, verification of candidate pairs, then a filter per part.
 """
 
 from __future__ import annotations
 
-import itertools
+import json
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -18,20 +23,17 @@ from pathlib import Path
 import numpy as np
 
 from aquila.data import clean, decontam, dedup
-from aquila.data.catalog import PartRecord
+from aquila.data.catalog import PartRecord, file_sha256
 from aquila.data.executor import run_tasks
-from aquila.data.workspace import (
-    DataWorkspace,
-    fingerprint,
-    iter_source_documents,
-    read_part,
-    write_part,
-)
+from aquila.data.readers import ReadStats, Split, iter_split, plan_splits
+from aquila.data.workspace import PART_STRIDE, DataWorkspace, fingerprint, read_part, write_part
 from aquila.errors import UserError
 
 DEFAULT_PART_DOCS = 1000
 # Bumped when a stage's rules change, so existing outputs count as stale.
-STAGE_VERSION = {"clean": 2, "dedup": 1, "decontaminate": 1}
+STAGE_VERSION = {"clean": 3, "dedup": 2, "decontaminate": 1}
+# Candidate pairs per verification task.
+VERIFY_PAIRS = 4096
 Progress = Callable[[int, int], None]  # (parts done, parts total)
 
 
@@ -94,59 +96,181 @@ class PartResult:
     extra: dict = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class _Task:
-    stage: str
-    source: str
-    lang: str
-    part: int
-    fingerprint: str
-    out: Path
-    docs: list[dict] | None = None  # clean: documents travel with the task
-    src: Path | None = None  # later stages: the input part file
-    removed: dict[str, tuple[str, str]] | None = None  # dedup: doc id -> (reason, detail)
-
-
-def _result(task: _Task, docs: list[dict], kept: list[dict], removals, extra=None) -> PartResult:
-    write_part(task.out, kept)
+def _result(stage, source, part, fp, out, docs, kept, removals, extra=None) -> PartResult:
+    write_part(out, kept)
     rec = PartRecord(
-        task.stage, task.source, task.part, task.fingerprint, len(docs), len(kept),
+        stage, source, part, fp, len(docs), len(kept),
         sum(len(d["text"]) for d in docs), sum(len(d["text"]) for d in kept),
         dict(Counter(r for _, r, _ in removals)),
     )  # fmt: skip
     return PartResult(rec, removals, extra or {})
 
 
-def _clean_part(task: _Task, cfg: clean.CleanConfig) -> PartResult:
-    res = clean.clean_documents(task.docs or [], task.lang, cfg)
-    return _result(task, task.docs or [], res.kept, res.removed, {"lines": res.boilerplate_lines})
+# -- clean: one task per input split, writing parts of part_docs documents -----------------------
+@dataclass(frozen=True)
+class _CleanTask:
+    source: str
+    lang: str
+    text_field: str
+    file_index: int
+    split: Split
+    index: int  # the split's number within the source
+    fingerprint: str
+    out_dir: Path
+    part_docs: int
+    done: frozenset[int] = frozenset()  # segments already finished with this fingerprint
 
 
-def _signature_part(task: _Task, cfg: dedup.DedupConfig) -> tuple[_Task, list[str], np.ndarray]:
+def _clean_split(
+    task: _CleanTask, cfg: clean.CleanConfig
+) -> tuple[str, int, int, list[PartResult], dict]:
+    """(source, split, segments, results of the segments run, skipped records by reason)."""
+    stats = ReadStats()
+    results: list[PartResult] = []
+    segments = 0
+
+    def flush(docs: list[dict]) -> None:
+        nonlocal segments
+        seg, segments = segments, segments + 1
+        if seg in task.done:  # finished before a crash: read past it, do not redo it
+            return
+        part = task.index * PART_STRIDE + seg
+        out = task.out_dir / f"part-{task.index:05d}-{seg:05d}.jsonl"
+        res = clean.clean_documents(docs, task.lang, cfg)
+        results.append(
+            _result("clean", task.source, part, task.fingerprint, out, docs, res.kept,
+                    res.removed, {"lines": res.boilerplate_lines})
+        )  # fmt: skip
+
+    docs: list[dict] = []
+    for doc in iter_split(task.split, stats, task.text_field):
+        docs.append({"id": f"{task.file_index}:{doc.id}", "text": doc.text, "source": task.source})
+        if len(docs) >= task.part_docs:
+            flush(docs)
+            docs = []
+    if docs or not segments:  # a split always has at least one (maybe empty) part
+        flush(docs)
+    return task.source, task.index, segments, results, stats.counts
+
+
+# -- dedup -----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _SigTask:
+    src: Path  # the clean part
+    base: Path  # where its signature files go (base.sig.npy, base.keys.npy, base.ids.json)
+    fingerprint: str
+
+
+def _sig_files(base: Path) -> list[Path]:
+    """base.sig.npy, base.keys.npy, base.ids.json and base.fp (written last)."""
+    return [
+        base.with_name(base.name + ext) for ext in (".sig.npy", ".keys.npy", ".ids.json", ".fp")
+    ]
+
+
+def _signature_part(task: _SigTask, cfg: dedup.DedupConfig) -> int:
     docs = read_part(task.src)
-    keys, sigs = dedup.signatures([d["text"] for d in docs], cfg)
-    return task, keys, sigs
+    exact, sig = dedup.signatures([d["text"] for d in docs], cfg)
+    sig_path, keys_path, ids_path, fp_path = _sig_files(task.base)
+    task.base.parent.mkdir(parents=True, exist_ok=True)
+    np.save(sig_path, sig)
+    np.save(keys_path, dedup.band_keys(exact, sig, cfg))
+    ids_path.write_text(json.dumps([d["id"] for d in docs], ensure_ascii=False))
+    fp_path.write_text(task.fingerprint)  # last: the files above are complete
+    return len(docs)
 
 
-def _filter_part(task: _Task, _shared: object) -> PartResult:
+def _signature_cached(task: _SigTask) -> bool:
+    fp_path = _sig_files(task.base)[3]
+    return fp_path.is_file() and fp_path.read_text() == task.fingerprint
+
+
+@dataclass(frozen=True)
+class _BucketTask:
+    row: int  # 0: exact hashes, 1..: LSH bands
+    parts: tuple[tuple[int, str], ...]  # (part ordinal, signature base path)
+
+
+def _gids(ordinal: int, n: int) -> np.ndarray:
+    return (np.uint64(ordinal) << np.uint64(32)) + np.arange(n, dtype=np.uint64)
+
+
+def _bucket(task: _BucketTask, _cfg) -> tuple[int, np.ndarray]:
+    keys, gids = [], []
+    for ordinal, base in task.parts:
+        row = np.load(_sig_files(Path(base))[1], mmap_mode="r")[task.row]
+        keys.append(np.array(row))
+        gids.append(_gids(ordinal, len(row)))
+    k, g = np.concatenate(keys), np.concatenate(gids)
+    if task.row:  # documents without shingles (key 0) share no band
+        g, k = g[k != 0], k[k != 0]
+    return task.row, dedup.bucket_pairs(k, g)
+
+
+@dataclass(frozen=True)
+class _VerifyTask:
+    pairs: np.ndarray
+    parts: dict[int, tuple[str, str]]  # ordinal -> (clean part path, signature base path)
+
+
+def _verify(task: _VerifyTask, cfg: dedup.DedupConfig) -> tuple[np.ndarray, np.ndarray]:
+    need: dict[int, set[int]] = {}
+    for g in task.pairs.ravel().tolist():
+        need.setdefault(g >> 32, set()).add(g & 0xFFFFFFFF)
+    sigs, texts = {}, {}
+    for o, rows in need.items():
+        src, base = task.parts[o]
+        sig = np.load(_sig_files(Path(base))[0], mmap_mode="r")
+        for i in rows:
+            sigs[(o << 32) | i] = np.array(sig[i])
+        with open(src, encoding="utf-8") as f:  # only the lines the pairs name
+            for i, line in enumerate(f):
+                if i in rows:
+                    texts[(o << 32) | i] = json.loads(line)["text"]
+    a = np.stack([sigs[g] for g in task.pairs[:, 0].tolist()])
+    b = np.stack([sigs[g] for g in task.pairs[:, 1].tolist()])
+    return dedup.verify(task.pairs, dedup.jaccard_estimates(a, b), texts, cfg)
+
+
+@dataclass(frozen=True)
+class _FilterTask:
+    source: str
+    part: int
+    fingerprint: str
+    src: Path
+    out: Path
+    removed: dict[int, tuple[str, str]]  # position -> (reason, detail)
+
+
+def _filter_part(task: _FilterTask, _shared: object) -> PartResult:
     docs = read_part(task.src)
-    removed = task.removed or {}
-    kept = [d for d in docs if d["id"] not in removed]
-    removals = [(d["id"], *removed[d["id"]]) for d in docs if d["id"] in removed]
-    return _result(task, docs, kept, removals)
+    kept = [d for i, d in enumerate(docs) if i not in task.removed]
+    removals = [(docs[i]["id"], *task.removed[i]) for i in sorted(task.removed)]
+    return _result(
+        "dedup", task.source, task.part, task.fingerprint, task.out, docs, kept, removals
+    )
 
 
-def _decontam_part(task: _Task, shared: tuple) -> PartResult:
-    index, _cfg = shared
+# -- decontaminate ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _DecontamTask:
+    source: str
+    part: int
+    fingerprint: str
+    src: Path
+    out: Path
+
+
+def _decontam_part(task: _DecontamTask, index: decontam.EvalIndex) -> PartResult:
     docs = read_part(task.src)
     kept, removals = [], []
-    for d in docs:
-        hit = decontam.find_match(d["text"], index)
+    for d, hit in zip(docs, decontam.find_matches([d["text"] for d in docs], index)):
         if hit:
             removals.append((d["id"], "contaminated", f"eval={hit[0]} ngram={hit[1]}"))
         else:
             kept.append(d)
-    return _result(task, docs, kept, removals)
+    return _result("decontaminate", task.source, task.part, task.fingerprint, task.out, docs,
+                   kept, removals)  # fmt: skip
 
 
 class Pipeline:
@@ -160,16 +284,17 @@ class Pipeline:
         self.ws, self.executor, self.workers = ws, executor, workers
         self.progress = progress or (lambda done, total: None)
 
-    def _run(self, fn, tasks: list[_Task], shared, summary: StageSummary) -> None:
+    def _map(self, fn, tasks: list, shared=None):
+        """Yield results as they finish, with the progress bar following."""
         self.progress(0, len(tasks))
-        lines = 0
         for n, res in enumerate(run_tasks(fn, tasks, shared, self.executor, self.workers), 1):
-            self.ws.catalog.record_part(res.record, res.removals)
-            lines += res.extra.get("lines", 0)
+            yield res
             self.progress(n, len(tasks))
+
+    def _run(self, fn, tasks: list, shared, summary: StageSummary) -> None:
+        for res in self._map(fn, tasks, shared):
+            self.ws.catalog.record_part(res.record, res.removals)
         summary.parts_run += len(tasks)
-        if lines:
-            summary.extra["boilerplate_lines_removed"] = lines
 
     def _is_done(self, stage: str, source: str, part: int, fp: str) -> bool:
         rec = self.ws.catalog.part(stage, source, part)
@@ -189,36 +314,78 @@ class Pipeline:
         return summary
 
     def _inputs(self, stage: str, name: str, before: str) -> list[PartRecord]:
-        recs = self.ws.catalog.parts(before, name)
-        if not recs:
-            raise UserError(
-                f"source {name!r} has no {before} output: run `aquila data {before}` first"
-            )
-        return recs
+        self.ws.check_fresh(before, name)  # never build on stale or unfinished output
+        return self.ws.catalog.parts(before, name)
+
+    def _begin(self, stage: str, names: list[str]) -> dict[str, str]:
+        """What the stage reads for each source; its old record is dropped until it finishes."""
+        inputs = {n: self.ws.expected_inputs(stage, n) for n in names}
+        for n in names:
+            self.ws.catalog.set_stage_inputs(stage, n, None)
+        return inputs
+
+    def _finish(self, stage: str, inputs: dict[str, str]) -> None:
+        for n, fp in inputs.items():
+            self.ws.catalog.set_stage_inputs(stage, n, fp)
 
     # -- clean ---------------------------------------------------------------------------------
     def clean(
         self, names: list[str] | None = None, cfg: clean.CleanConfig | None = None,
         part_docs: int = DEFAULT_PART_DOCS,
     ) -> StageSummary:  # fmt: skip
+        if part_docs < 1:
+            raise UserError(f"--part-docs must be >= 1, got {part_docs}")
         cfg = cfg or clean.CleanConfig()
         t0, summary = time.perf_counter(), StageSummary("clean")
         sources = self.ws.catalog.sources(names)
-        tasks = []
+        inputs = self._begin("clean", [s.name for s in sources])
+        tasks, wanted = [], {}
         for src in sources:
-            base = fingerprint(STAGE_VERSION["clean"], src.fingerprint, repr(cfg), part_docs)
-            docs = iter_source_documents(src)
+            base = fingerprint(STAGE_VERSION["clean"], src.lang, src.text_field, repr(cfg),
+                               part_docs)  # fmt: skip
+            done: dict[int, list[PartRecord]] = {}
+            for r in self.ws.catalog.parts("clean", src.name):
+                done.setdefault(r.part // PART_STRIDE, []).append(r)
             k = 0
-            while chunk := list(itertools.islice(docs, part_docs)):
-                fp = fingerprint(base, k)
-                if self._is_done("clean", src.name, k, fp):
-                    summary.parts_skipped += 1
-                else:
-                    out = self.ws.part_path("clean", src.name, k)
-                    tasks.append(_Task("clean", src.name, src.lang, k, fp, out, docs=chunk))
-                k += 1
-            self.ws.remove_parts_from("clean", src.name, k)
-        self._run(_clean_part, tasks, cfg, summary)
+            fps = wanted.setdefault(src.name, {})
+            for i, f in enumerate(src.files):
+                path = Path(f.path)
+                if not path.is_file():
+                    raise UserError(f"source {src.name!r}: file vanished: {path}")
+                for split in plan_splits(path):
+                    fp = fingerprint(base, f.sha256, i, split.start, split.end)
+                    fps[k] = fp
+                    recs = done.get(k, [])
+                    finished = frozenset(
+                        r.part % PART_STRIDE for r in recs
+                        if r.fingerprint == fp
+                        and self.ws.part_path("clean", src.name, r.part).exists()
+                    )  # fmt: skip
+                    summary.parts_skipped += len(finished)
+                    if not finished or len(finished) < len(recs):
+                        out = self.ws.stage_dir("clean", src.name)
+                        tasks.append(_CleanTask(src.name, src.lang, src.text_field, i, split, k,
+                                                fp, out, part_docs, finished))  # fmt: skip
+                    k += 1
+        lines, skipped = 0, Counter()
+        for source, k, segments, results, counts in self._map(_clean_split, tasks, cfg):
+            stale = [r.part for r in self.ws.catalog.parts("clean", source)
+                     if r.part // PART_STRIDE == k and r.part % PART_STRIDE >= segments]  # fmt: skip
+            self.ws.catalog.drop_parts("clean", source, stale)
+            self.ws.catalog.record_parts([(r.record, r.removals) for r in results])
+            lines += sum(r.extra.get("lines", 0) for r in results)
+            skipped.update(counts)
+            summary.parts_run += len(results)
+        for src in sources:
+            fps = wanted[src.name]
+            keep = {r.part for r in self.ws.catalog.parts("clean", src.name)
+                    if fps.get(r.part // PART_STRIDE) == r.fingerprint}  # fmt: skip
+            self.ws.retain_parts("clean", src.name, keep)
+        if lines:
+            summary.extra["boilerplate_lines_removed"] = lines
+        if skipped:
+            summary.extra["records_skipped"] = dict(sorted(skipped.items()))
+        self._finish("clean", inputs)
         return self._collect("clean", [s.name for s in sources], summary, t0)
 
     # -- dedup ---------------------------------------------------------------------------------
@@ -228,51 +395,67 @@ class Pipeline:
         t0, summary = time.perf_counter(), StageSummary("dedup")
         names = self.ws.catalog.source_names()
         inputs = [(n, r) for n in names for r in self._inputs("dedup", n, "clean")]
+        recorded = self._begin("dedup", names)
+        sig_dir = self.ws.root / "stages" / "dedup" / "_signatures"
         sig_tasks = [
-            _Task("dedup", n, "", r.part, fingerprint("sig", r.fingerprint, repr(cfg)),
-                  self.ws.root / "stages" / "dedup" / "_signatures" / n / f"part-{r.part:05d}.npz",
-                  src=self.ws.part_path("clean", n, r.part))
+            _SigTask(self.ws.part_path("clean", n, r.part),
+                     sig_dir / n / self.ws.part_path("clean", n, r.part).stem,
+                     fingerprint("sig", r.fingerprint, repr(cfg)))
             for n, r in inputs
         ]  # fmt: skip
         todo = [t for t in sig_tasks if not _signature_cached(t)]
-        self.progress(0, len(todo))
-        for i, (task, keys, sigs) in enumerate(
-            run_tasks(_signature_part, todo, cfg, self.executor, self.workers), 1
-        ):
-            _save_signatures(task, keys, sigs)
-            self.progress(i, len(todo))
-        parts = []
-        for t in sig_tasks:
-            ids = [d["id"] for d in read_part(t.src)]
-            keys, sigs = _load_signatures(t)
-            parts.append((t.source, t.part, ids, keys, sigs))
-        dups = dedup.find_duplicates(parts, cfg)
-        removed: dict[tuple[str, int], dict[str, tuple[str, str]]] = {}
-        for d in dups:
-            detail = f"of {d.kept.source}/{d.kept.doc_id} jaccard={d.jaccard:.3f}"
-            removed.setdefault((d.removed.source, d.removed.part), {})[d.removed.doc_id] = (
-                d.reason, detail,
-            )  # fmt: skip
+        for _ in self._map(_signature_part, todo, cfg):
+            pass
+        # The shuffle: one task per band reads that band's keys from every part.
+        parts = tuple((o, str(t.base)) for o, t in enumerate(sig_tasks))
+        bands, _ = dedup.lsh_bands(cfg)
+        buckets = dict(self._map(_bucket, [_BucketTask(r, parts) for r in range(1 + bands)]))
+        exact = buckets.pop(0)
+        cand = [p for p in buckets.values() if len(p)]
+        near = np.unique(np.concatenate(cand), axis=0) if cand else np.zeros((0, 2), np.uint64)
+        where = {o: (str(t.src), str(t.base)) for o, t in enumerate(sig_tasks)}
+        verify_tasks = []
+        for lo in range(0, len(near), VERIFY_PAIRS):
+            chunk = near[lo : lo + VERIFY_PAIRS]
+            used = {g >> 32 for g in chunk.ravel().tolist()}
+            verify_tasks.append(_VerifyTask(chunk, {o: where[o] for o in used}))
+        verified = list(self._map(_verify, verify_tasks, cfg))
+        pairs = (np.concatenate([v[0] for v in verified]) if verified
+                 else np.zeros((0, 2), np.uint64))  # fmt: skip
+        true_j = np.concatenate([v[1] for v in verified]) if verified else np.zeros(0)
+        order = np.lexsort((pairs[:, 1], pairs[:, 0])) if len(pairs) else np.zeros(0, int)
+        plan = dedup.plan_removals(exact, pairs[order], true_j[order])
+        ids = _IdLookup(sig_tasks, inputs)
+        removed: dict[int, dict[int, tuple[str, str]]] = {}
+        dups = []
+        for g, (reason, k, jac) in sorted(plan.items()):
+            detail = f"of {ids.ref(k)} jaccard={jac:.3f}"
+            removed.setdefault(g >> 32, {})[g & 0xFFFFFFFF] = (reason, detail)
+            dups.append((ids.ref(g), ids.ref(k), reason, jac))
         tasks = []
-        for t, (n, r) in zip(sig_tasks, inputs):
-            rem = removed.get((n, r.part), {})
+        for o, (n, r) in enumerate(inputs):
+            rem = removed.get(o, {})
             fp = fingerprint(STAGE_VERSION["dedup"], r.fingerprint, repr(cfg), sorted(rem.items()))
             if self._is_done("dedup", n, r.part, fp):
                 summary.parts_skipped += 1
             else:
                 out = self.ws.part_path("dedup", n, r.part)
-                tasks.append(_Task("dedup", n, "", r.part, fp, out, src=t.src, removed=rem))
+                tasks.append(_FilterTask(n, r.part, fp, sig_tasks[o].src, out, rem))
         for n in names:
-            self.ws.remove_parts_from("dedup", n, len(self.ws.catalog.parts("clean", n)))
+            self.ws.retain_parts("dedup", n, {r.part for m, r in inputs if m == n})
         self._run(_filter_part, tasks, None, summary)
-        near = sorted((d for d in dups if d.reason == "near_duplicate"), key=lambda d: d.jaccard)
+        self._finish("dedup", recorded)
+        near_dups = sorted((d for d in dups if d[2] == "near_duplicate"), key=lambda d: d[3])
         summary.extra["threshold"] = cfg.threshold
-        summary.extra["cross_source_pairs"] = sum(d.removed.source != d.kept.source for d in dups)
+        summary.extra["candidate_pairs"] = int(len(near))
+        summary.extra["cross_source_pairs"] = sum(
+            d[0].split("/", 1)[0] != d[1].split("/", 1)[0] for d in dups
+        )
+        shown = (near_dups[:examples] + near_dups[-examples:]
+                 if len(near_dups) > 2 * examples else near_dups)  # fmt: skip
         summary.extra["examples"] = [
-            {"removed": f"{d.removed.source}/{d.removed.doc_id}",
-             "kept": f"{d.kept.source}/{d.kept.doc_id}", "reason": d.reason, "jaccard": d.jaccard}
-            for d in (near[:examples] + near[-examples:] if len(near) > 2 * examples else near)
-        ]  # fmt: skip
+            {"removed": a, "kept": b, "reason": reason, "jaccard": j} for a, b, reason, j in shown
+        ]
         return self._collect("dedup", names, summary, t0)
 
     # -- decontaminate -------------------------------------------------------------------------
@@ -284,10 +467,11 @@ class Pipeline:
         if not eval_files:
             raise UserError("--against needs at least one evaluation file")
         index = decontam.build_index(eval_files, cfg)
-        from aquila.data.catalog import file_sha256
-
         eval_fp = fingerprint(repr(cfg), *(f"{p}:{file_sha256(Path(p))}" for p in eval_files))
         names = self.ws.catalog.source_names()
+        for n in names:
+            self.ws.check_fresh("dedup", n)
+        recorded = self._begin("decontaminate", names)
         tasks = []
         for n in names:
             recs = self._inputs("decontaminate", n, "dedup")
@@ -298,9 +482,10 @@ class Pipeline:
                 else:
                     out = self.ws.part_path("decontaminate", n, r.part)
                     src = self.ws.part_path("dedup", n, r.part)
-                    tasks.append(_Task("decontaminate", n, "", r.part, fp, out, src=src))
-            self.ws.remove_parts_from("decontaminate", n, len(recs))
-        self._run(_decontam_part, tasks, (index, cfg), summary)
+                    tasks.append(_DecontamTask(n, r.part, fp, src, out))
+            self.ws.retain_parts("decontaminate", n, {r.part for r in recs})
+        self._run(_decontam_part, tasks, index, summary)
+        self._finish("decontaminate", recorded)
         summary.extra["eval_ngrams"] = len(index)
         summary.extra["contaminated"] = [
             {"source": s, "doc_id": d, **dict(kv.split("=", 1) for kv in x.split(" ", 1))}
@@ -309,20 +494,14 @@ class Pipeline:
         return self._collect("decontaminate", names, summary, t0)
 
 
-def _signature_cached(task: _Task) -> bool:
-    if not task.out.exists():
-        return False
-    with np.load(task.out, allow_pickle=False) as z:
-        return str(z["fingerprint"]) == task.fingerprint
+class _IdLookup:
+    """``source/doc_id`` of a global id, reading a part's ids only when one is asked for."""
 
+    def __init__(self, sig_tasks: list[_SigTask], inputs: list[tuple[str, PartRecord]]):
+        self.tasks, self.inputs, self.cache = sig_tasks, inputs, {}
 
-def _save_signatures(task: _Task, keys: list[str], sigs: np.ndarray) -> None:
-    task.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = task.out.with_name(f".{task.out.name}.tmp.npz")
-    np.savez(tmp, fingerprint=task.fingerprint, keys=np.array(keys, dtype="U32"), sigs=sigs)
-    tmp.replace(task.out)
-
-
-def _load_signatures(task: _Task) -> tuple[list[str], np.ndarray]:
-    with np.load(task.out, allow_pickle=False) as z:
-        return [str(k) for k in z["keys"]], z["sigs"]
+    def ref(self, gid: int) -> str:
+        o = gid >> 32
+        if o not in self.cache:
+            self.cache[o] = json.loads(_sig_files(self.tasks[o].base)[2].read_text("utf-8"))
+        return f"{self.inputs[o][0]}/{self.cache[o][gid & 0xFFFFFFFF]}"

@@ -33,7 +33,15 @@ def _common(p: argparse.ArgumentParser, executor: bool = False) -> None:
 def register(dsub) -> None:
     p = dsub.add_parser("add", help="register a source and its files in the catalog")
     p.add_argument("name", help="source name, e.g. kjv or peoples_daily")
-    p.add_argument("paths", nargs="+", type=Path, help=".txt/.jsonl/.parquet files")
+    p.add_argument(
+        "paths", nargs="+", type=Path,
+        help="files, directories (walked recursively) or quoted globs: .txt, .jsonl, .jsonl.gz, "
+        ".jsonl.zst, .parquet, .arrow, or a `datasets` save_to_disk directory",
+    )  # fmt: skip
+    p.add_argument(
+        "--text-field", default="text", metavar="NAME",
+        help="the JSON field or column holding the text (default: text)",
+    )  # fmt: skip
     p.add_argument("--lang", required=True, choices=LANGS)
     p.add_argument("--kind", required=True, choices=KINDS)
     p.add_argument("--replace", action="store_true", help="overwrite an existing source")
@@ -107,7 +115,9 @@ def cmd_add(args) -> int:
     from rich.console import Console
 
     ws = _workspace(args)
-    src = ws.catalog.add_source(args.name, args.paths, args.lang, args.kind, args.replace)
+    src = ws.catalog.add_source(
+        args.name, args.paths, args.lang, args.kind, args.replace, args.text_field
+    )
     size = sum(f.size_bytes for f in src.files)
     Console(stderr=args.json).print(
         f"source [bold]{src.name}[/] ({src.lang}, {src.kind}): {len(src.files)} files, {size:,} bytes"

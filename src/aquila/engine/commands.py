@@ -245,9 +245,10 @@ def _final_report(prepared, json_mode: bool) -> dict:
     from pathlib import Path
 
     from aquila.engine.report import (
+        NUCLEUS,
         evaluate_heldout,
-        greedy_samples,
         heldout_from_dir,
+        report_samples,
         sample_heldout,
     )
     from aquila.engine.run import print_line
@@ -269,10 +270,14 @@ def _final_report(prepared, json_mode: bool) -> dict:
         out["heldout_bpb"] = {lang: round(r["bpb"], 4) for lang, r in langs.items()}
         out["unigram_bpb"] = {lang: round(r["unigram_bpb"], 4) for lang, r in langs.items()}
         out["heldout_sources"] = {n: round(r["bpb"], 4) for n, r in res["sources"].items()}
-    samples = greedy_samples(model, prepared.tokenizer)
+    samples = report_samples(model, prepared.tokenizer)
+    nucleus = report_samples(model, prepared.tokenizer, nucleus=True)
+    how = f"temperature {NUCLEUS['temperature']}, top-p {NUCLEUS['top_p']}, seed {NUCLEUS['seed']}"
     for lang, text in samples.items():
         print_line(f"sample ({lang}, greedy): {text!r}", json_mode)
+        print_line(f"sample ({lang}, {how}): {nucleus[lang]!r}", json_mode)
     out["samples"] = samples
+    out["nucleus_samples"] = nucleus
     return out
 
 

@@ -191,6 +191,18 @@ def check_device(name: str) -> None:
             raise refuse("train.device", name, f"this machine has {count} CUDA device(s)")
 
 
+def check_eval_tasks(cfg: TrainConfig) -> None:
+    """``monitor.eval.tasks``: their files are read (and so validated) before the run directory
+    is touched, not at the first checkpoint's evaluation."""
+    from aquila.monitor.config import MonitorOptions
+
+    opts = MonitorOptions.from_any(cfg.monitor).eval
+    if opts.enabled and opts.tasks:
+        from aquila.monitor.evaluator import check_tasks
+
+        check_tasks(opts.tasks, opts.task_limit)
+
+
 def check_heldout(path: str) -> None:
     """``data.heldout``: a directory of ``<lang>/`` sub-directories holding documents, found
     now rather than when the run has trained."""
@@ -321,6 +333,7 @@ def prepare_run(
         check_checkpoint_model(resumed_from, cfg)
     if cfg.data.heldout:
         check_heldout(cfg.data.heldout)
+    check_eval_tasks(cfg)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     if dist.world > 1 and dist.rank != 0:

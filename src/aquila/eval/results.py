@@ -1,12 +1,15 @@
-"""Where evaluation results go: a run's ``eval/step-N.json``, a table on the terminal.
+"""Where evaluation results go: the run database's ``evals`` table, a table on the terminal.
 
-Results are ``{task: {metric: value, ..., "chance": c}}``. :func:`record_results` is the one
-place that stores them for a run, so that it can later write to the run database instead.
+Results are ``{task name: {metric: value, ..., "chance": c}}``. :func:`record_results` is the
+one place that stores task results for a run, for ``aquila eval RUN`` and for the background
+evaluator alike: one row per task and checkpoint step, ``task`` its unique name, ``data``
+``{"metrics": {...}, "spec": the task as given, "path": its file made absolute, "kind": ...,
+"origin": "aquila eval" or "evaluator", "checkpoint": "step-N", ...}``. The run database's ``evals()`` reads them (and the
+evaluator's own ``heldout-bpb`` rows); the dashboard draws them over steps.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any
@@ -21,30 +24,35 @@ def checkpoint_step(model_dir: Path) -> int | None:
     return int(m.group(1)) if m and model_dir.parent.name == "checkpoints" else None
 
 
-def results_path(run_dir: Path, step: int) -> Path:
-    return Path(run_dir) / "eval" / f"step-{step}.json"
-
-
 def record_results(
-    run_dir: str | Path, step: int, results: Results, meta: dict | None = None
+    run_dir: str | Path,
+    step: int,
+    results: Results,
+    tasks: list | None = None,
+    origin: str = "aquila eval",
+    meta: dict | None = None,
 ) -> Path:
-    """Store ``results`` for ``step`` of a run (atomically, replacing earlier ones)."""
-    from aquila.model.io import save_file_atomic
+    """Store ``results`` of checkpoint ``step`` in the run database, one row per task, each
+    with the exact spec of its task (``tasks``: the :class:`Task` objects, by name)."""
+    from aquila.engine.rundb import RunDB
 
-    path = results_path(Path(run_dir), step)
-    payload = {"step": step, **(meta or {}), "results": results}
-    save_file_atomic(path, (json.dumps(payload, indent=2, ensure_ascii=False) + "\n").encode())
-    return path
-
-
-def load_results(run_dir: str | Path) -> dict[int, Results]:
-    """Every recorded step's results of a run, by step."""
-    out = {}
-    for p in sorted((Path(run_dir) / "eval").glob("step-*.json")):
-        m = _STEP_DIR.match(p.stem)
-        if m:
-            out[int(m.group(1))] = json.loads(p.read_text())["results"]
-    return out
+    by_name = {t.name: t for t in tasks or []}
+    db = RunDB(run_dir)
+    for name, metrics in results.items():
+        task = by_name.get(name)
+        row = {
+            "metrics": metrics,
+            "spec": task.spec if task else name,
+            "kind": task.kind if task else "",
+            "origin": origin,
+            **(meta or {}),
+        }
+        if task is not None and task.path:
+            row["path"] = task.path
+        if task is not None and task.extra.get("fewshot_source"):
+            row["fewshot_from"] = task.extra["fewshot_source"]
+        db.add_eval(step, name, row)
+    return db.path
 
 
 def _fmt(v: Any) -> str:
@@ -68,15 +76,26 @@ def results_table(
         table.add_column(t, justify="right")
     table.add_column("chance", justify="right")
     for task, metrics in results.items():
-        chance = metrics.get("chance")
         for metric in metrics:
-            if metric == "chance":
-                continue
+            if metric == "chance" or _unigram_of(metric, metrics) is not None:
+                continue  # shown in the chance column of its bpb row
             row = [_fmt(c.get(task, {}).get(metric, "")) for c in columns]
-            table.add_row(
-                task,
-                metric,
-                *row,
-                _fmt(chance) if chance is not None and metric not in ("n", "seconds") else "",
-            )
+            table.add_row(task, metric, *row, _fmt_chance(metric, metrics))
     return table
+
+
+def _unigram_of(metric: str, metrics: dict[str, Any]) -> str | None:
+    """The bpb metric a ``unigram...`` metric stands beside (``unigram_en``: ``bpb_en``)."""
+    if metric.startswith("unigram") and "bpb" + metric[len("unigram") :] in metrics:
+        return "bpb" + metric[len("unigram") :]
+    return None
+
+
+def _fmt_chance(metric: str, metrics: dict[str, Any]) -> str:
+    """The chance column: a bpb metric's own byte-unigram entropy where the task measured it
+    (``bpb:PATH`` per file and language), else the task's chance; none for counts."""
+    if metric in ("n", "seconds", "bytes", "files"):
+        return ""
+    own = metrics.get("unigram" + metric[3:]) if metric.startswith("bpb") else None
+    chance = own if own is not None else metrics.get("chance")
+    return _fmt(chance) if chance is not None else ""

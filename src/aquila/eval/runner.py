@@ -68,6 +68,13 @@ def _run_dtype(path: str | Path, dtype: str) -> str:
     return "auto"
 
 
+def prepare_tasks(tasks: list[Task], limit: int | None = None) -> None:
+    """Load every task's examples before any model is: a malformed file is refused (one line
+    naming the file, row and field) with nothing scored or written."""
+    for task in tasks:
+        task.prepare(limit)
+
+
 def evaluate(
     lm: ModelLM,
     tasks: list[Task],
@@ -89,7 +96,7 @@ def evaluate(
         transient=True,
     ) as progress:
         for task in tasks:
-            data = task.load(limit)
+            data = task.prepare(limit)
             bar = progress.add_task(task.name, total=len(data))
             opts = RunOptions(
                 num_fewshot=num_fewshot,

@@ -3,12 +3,19 @@
 A :class:`Task` loads its examples once (``load(limit)``), then ``run(lm, examples, opts)``
 returns its metrics; ``chance`` is reported beside the score. For ``bpb`` the chance column is
 the byte-unigram entropy of the same text: what a model that ignores context would score.
+
+Every task of a run has a unique, stable name, the key of its results everywhere (the JSON
+output, the run database, the dashboard): a built-in task's own name, ``FORMAT:STEM`` for a file
+(``mc:a`` for ``mc:data/a.jsonl``; a directory's own name), or the ``NAME`` of
+``NAME=FORMAT:PATH``. Two tasks of one run with the same name are refused.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from aquila.errors import UserError
@@ -36,6 +43,18 @@ class Task:
     run: Callable[[ModelLM, list[Any], RunOptions], dict[str, float]]
     description: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    # The text it was given in (``--tasks`` or ``monitor.eval.tasks``), stored with its results.
+    spec: str = ""
+    # The file or directory a file task reads, made absolute (stored beside ``spec``).
+    path: str | None = None
+    # Examples loaded ahead of the model (``prepare``), with the limit they were loaded for.
+    prepared: tuple[int | None, list[Any]] | None = None
+
+    def prepare(self, limit: int | None) -> list[Any]:
+        """Load (and so validate) the examples once; later calls return the same list."""
+        if self.prepared is None or self.prepared[0] != limit:
+            self.prepared = (limit, self.load(limit))
+        return self.prepared[1]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -90,6 +109,50 @@ def _bpb_run(lm: ModelLM, sources: list[Any], opts: RunOptions) -> dict[str, flo
         metrics["bpb" if key == "all" else f"bpb_{key}"] = bits[key] / nbytes[key]
     metrics["chance"] = unigram_bpb(texts_all)
     return dict(sorted(metrics.items(), key=lambda kv: (kv[0].count("_") > 0, len(kv[0]), kv[0])))
+
+
+def _bpb_files_task(path: str) -> Task:
+    """Bits per byte on a user's own text: per file, per language and overall, each beside the
+    byte-unigram entropy of the same text (``unigram...``; ``chance`` is the overall one)."""
+
+    def load(limit: int | None) -> list[Any]:
+        from aquila.eval.readers import read_texts
+
+        files = read_texts(path)
+        for f in files:
+            f.documents = f.documents[:limit] if limit else f.documents
+        return files
+
+    def run(lm: ModelLM, files: list[Any], opts: RunOptions) -> dict[str, float]:
+        from aquila.eval.bpb import bits_per_byte, unigram_bpb
+
+        per_file: dict[str, float] = {}
+        per_file_unigram: dict[str, float] = {}
+        bits: dict[str, float] = {}
+        nbytes: dict[str, int] = {}
+        texts: dict[str, list[str]] = {}
+        for f in files:
+            r = bits_per_byte(lm.model, lm.tokenizer, f.documents, batch_size=lm.batch_size)
+            per_file[f"bpb:{f.name}"] = r["bpb"]
+            per_file_unigram[f"unigram:{f.name}"] = unigram_bpb(f.documents)
+            for key in (f.lang, ""):
+                bits[key] = bits.get(key, 0.0) + r["bpb"] * r["bytes"]
+                nbytes[key] = nbytes.get(key, 0) + r["bytes"]
+                texts.setdefault(key, []).extend(f.documents)
+            if opts.advance:
+                opts.advance(1)
+        metrics: dict[str, float] = {"bpb": bits[""] / nbytes[""]}
+        langs = sorted(k for k in bits if k)
+        metrics.update({f"bpb_{k}": bits[k] / nbytes[k] for k in langs})
+        metrics.update(per_file)
+        metrics.update({f"unigram_{k}": unigram_bpb(texts[k]) for k in langs})
+        metrics.update(per_file_unigram)
+        metrics["bytes"] = nbytes[""]
+        metrics["files"] = len(files)
+        metrics["chance"] = unigram_bpb(texts[""])
+        return metrics
+
+    return Task("bpb", "mixed", "bpb", None, load, run, f"bits per byte on {path}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -159,19 +222,47 @@ def _gsm8k_task(path: str) -> Task:
 
 
 def _file_mc_task(fmt: str, path: str) -> Task:
-    lang = {"ceval": "zh", "cmmlu": "zh"}.get(fmt, "en")
+    lang = "zh" if fmt in ("ceval", "cmmlu", *CLUE_FORMATS) else "en"
     task = Task(fmt, lang, "multiple_choice", 0.25, lambda limit: [], _mc_run, f"{fmt} from {path}")
 
     def load(limit: int | None) -> list[Any]:
-        from aquila.eval.readers import MC_READERS
+        from aquila.eval.clue import CLUE_READERS
+        from aquila.eval.readers import MC_READERS, read_letter_split
 
-        examples = MC_READERS[fmt](path)
+        if fmt in LETTER_FORMATS:
+            examples, pool, source = read_letter_split(fmt, path, task.extra.get("fewshot_from"))
+            task.extra.update(fewshot_pool=pool, fewshot_source=source)
+        else:
+            examples = {**MC_READERS, **CLUE_READERS}[fmt](path)
         examples = examples[:limit] if limit else examples
         task.chance = _mc_chance(examples)
         return examples
 
-    task.load = load
+    def run(lm: ModelLM, examples: list[Any], opts: RunOptions) -> dict[str, float]:
+        from aquila.eval.multiple_choice import score_examples
+
+        pool = task.extra.get("fewshot_pool")
+        return score_examples(lm, examples, opts.num_fewshot, opts.advance, pool=pool)
+
+    task.load, task.run = load, run
     return task
+
+
+LETTER_FORMATS = ("mmlu", "ceval", "cmmlu")
+
+
+def set_fewshot_from(tasks: list[Task], path: str | None) -> None:
+    """``--fewshot-from PATH``: the few-shot pool of the run's one MMLU/C-Eval/CMMLU task."""
+    if path is None:
+        return
+    letter = [t for t in tasks if t.kind == "multiple_choice" and "fewshot_from" in t.extra]
+    if len(letter) != 1:
+        names = ", ".join(t.name for t in letter) or "none"
+        raise UserError(
+            f"--fewshot-from applies to one mmlu/ceval/cmmlu task, the run has {len(letter)} "
+            f"({names}); give each task its dev split beside it (a dev/ directory) instead"
+        )
+    letter[0].extra["fewshot_from"] = path
 
 
 BUILTIN = {
@@ -228,35 +319,109 @@ BUILTIN = {
     ),
     "humaneval": lambda: _humaneval_task(None),
 }
-FILE_FORMATS = ("mmlu", "ceval", "cmmlu", "hellaswag", "arc", "mc", "gsm8k", "humaneval")
+FILE_FORMATS = (
+    "bpb",
+    "mmlu",
+    "ceval",
+    "cmmlu",
+    "hellaswag",
+    "arc",
+    "mc",
+    "tnews",
+    "ocnli",
+    "bustm",
+    "eprstmt",
+    "cluewsc",
+    "gsm8k",
+    "humaneval",
+)
+CLUE_FORMATS = ("tnews", "ocnli", "bustm", "eprstmt", "cluewsc")
 
 
-def get_task(spec: str) -> Task:
-    """A built-in task name, or ``FORMAT:PATH`` for a local benchmark file or directory."""
+# An explicit task name: letters (any script), digits and ``_ . - /``; no ``:`` (the names
+# the registry gives files have one), ``=`` or ``,``.
+_NAME = re.compile(r"^[\w./-]+$")
+_EXPLICIT = re.compile(r"^([^=:,]+)=(.+)$")
+
+
+def file_stem(path: str) -> str:
+    """``a`` for ``dir/a.jsonl`` or ``a.jsonl.gz``; a directory's own name."""
+    p = Path(path.rstrip("/\\") or path)
+    name = p.name or str(p)
+    for suffix in (".gz", ".jsonl", ".json", ".csv", ".txt"):
+        if name.endswith(suffix) and len(name) > len(suffix):
+            name = name[: -len(suffix)]
+    return name
+
+
+def get_task(spec: str, option: str = "--tasks") -> Task:
+    """A built-in task name, ``FORMAT:PATH`` for a local benchmark file or directory, either
+    one as ``NAME=...`` to name it; ``option`` is where the spec came from (for errors)."""
     spec = spec.strip()
+    name = None
+    m = _EXPLICIT.match(spec)
+    if m:
+        name, body = m.group(1).strip(), m.group(2).strip()
+        if not _NAME.match(name):
+            raise UserError(
+                f"{option}: task name {name!r} in {spec!r} may hold only letters, digits and "
+                "_ . - /"
+            )
+    else:
+        body = spec
+    task = _task_of(body, option)
+    task.name = name or task.name
+    task.spec = spec
+    return task
+
+
+def _task_of(spec: str, option: str) -> Task:
     fmt, sep, path = spec.partition(":")
     if not sep:
         if spec not in BUILTIN:
             raise UserError(
-                f"--tasks: unknown task {spec!r}; built-in tasks: {', '.join(BUILTIN)}; "
+                f"{option}: unknown task {spec!r}; built-in tasks: {', '.join(BUILTIN)}; "
                 f"files: FORMAT:PATH with FORMAT one of {', '.join(FILE_FORMATS)}"
             )
         return BUILTIN[spec]()
     if fmt not in FILE_FORMATS:
         raise UserError(
-            f"--tasks: unknown file format {fmt!r} in {spec!r}; use one of {', '.join(FILE_FORMATS)}"
+            f"{option}: unknown file format {fmt!r} in {spec!r}; use one of "
+            f"{', '.join(FILE_FORMATS)}"
         )
     if not path:
-        raise UserError(f"--tasks: {spec!r} names no file after the colon")
-    if fmt == "gsm8k":
-        return _gsm8k_task(path)
-    if fmt == "humaneval":
-        return _humaneval_task(path)
-    return _file_mc_task(fmt, path)
+        raise UserError(f"{option}: {spec!r} names no file after the colon")
+    if fmt == "bpb":
+        task = _bpb_files_task(path)
+    elif fmt == "gsm8k":
+        task = _gsm8k_task(path)
+    elif fmt == "humaneval":
+        task = _humaneval_task(path)
+    else:
+        task = _file_mc_task(fmt, path)
+        if fmt in LETTER_FORMATS:
+            task.extra["fewshot_from"] = None
+    task.name = f"{fmt}:{file_stem(path)}"
+    task.path = str(Path(path).absolute())
+    return task
 
 
-def parse_tasks(specs: str) -> list[Task]:
-    tasks = [get_task(s) for s in specs.split(",") if s.strip()]
+def parse_tasks(specs: str | list[str], option: str = "--tasks") -> list[Task]:
+    """The tasks of a comma-separated list (or a list of specs), each under a unique name."""
+    items = specs.split(",") if isinstance(specs, str) else list(specs)
+    tasks = [get_task(s, option) for s in items if s.strip()]
     if not tasks:
-        raise UserError("--tasks is empty")
+        raise UserError(f"{option} is empty")
+    seen: dict[str, Task] = {}
+    for t in tasks:
+        first = seen.get(t.name)
+        if first is None:
+            seen[t.name] = t
+        elif first.spec == t.spec:
+            raise UserError(f"{option}: task {t.spec!r} is given twice")
+        else:
+            raise UserError(
+                f"{option}: {first.spec!r} and {t.spec!r} are both named {t.name!r}; name one "
+                f"of them, e.g. {t.name.replace(':', '_')}_2={t.spec}"
+            )
     return tasks

@@ -226,6 +226,8 @@ def _import(args: argparse.Namespace) -> int:
     )
     if not s["tokenizer_files"]:
         print("  note: the source has no tokenizer files")
+    start = s["doc_start"]
+    print(f"  start of document: {start['token']} (from {start['from']})")
     return 0
 
 
@@ -261,6 +263,13 @@ def _register_generate(sub: argparse._SubParsersAction) -> None:
         help="sample from the smallest set of tokens with mass >= P",
     )
     g.add_argument("--greedy", action="store_true", help="always take the most likely token")
+    g.add_argument(
+        "--repetition-penalty",
+        type=float,
+        default=1.0,
+        help="divide the logits of tokens already in the context by this (>1 repeats less; "
+        "CTRL / transformers convention; default 1.0: off)",
+    )
     g.add_argument("--seed", type=int, default=None, help="random seed for reproducible sampling")
     g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
     g.add_argument("--json", action="store_true", help="print one JSON object instead of streaming")
@@ -281,7 +290,7 @@ def _device(name: str) -> str:
 
 def _generate(args: argparse.Namespace) -> int:
     from aquila.errors import UserError
-    from aquila.model.generate import decode_stream, generate
+    from aquila.model.generate import decode_stream, document_start_id, generate
     from aquila.model.io import load_model_dir, resolve_model_dir, resolve_tokenizer_dir
     from aquila.tokenizer import Tokenizer
 
@@ -296,7 +305,7 @@ def _generate(args: argparse.Namespace) -> int:
             f"the tokenizer of {args.src} has {tokenizer.vocab_size} tokens but the model only "
             f"{model.cfg.vocab_size}"
         )
-    prompt_ids = [tokenizer.eos_id, *tokenizer.encode(args.prompt)]
+    prompt_ids = [document_start_id(model.cfg, tokenizer), *tokenizer.encode(args.prompt)]
     ids: list[int] = []
     stream = generate(
         model,
@@ -308,6 +317,7 @@ def _generate(args: argparse.Namespace) -> int:
         top_p=args.top_p,
         eos_id=tokenizer.eos_id,
         seed=args.seed,
+        repetition_penalty=args.repetition_penalty,
     )
 
     def collect():

@@ -271,7 +271,69 @@ def _token_ids(tokenizer_dir: Path | None) -> dict[str, int | None]:
         tok = Tokenizer.load(tokenizer_dir)
     except UserError:  # a foreign tokenizer without Aquila's specials: ids stay unknown
         return ids
-    return {"bos_token_id": tok.bos_id, "eos_token_id": tok.eos_id}
+    # A document starts after </s>, so that is the BOS transformers' generate should use.
+    return {"bos_token_id": tok.eos_id, "eos_token_id": tok.eos_id}
+
+
+# Every training document follows this token, and `aquila generate` puts it before the prompt:
+# the exported tokenizer adds it too, so transformers' default `tok(prompt)` gives the same ids.
+DOC_START = "</s>"
+
+
+def write_hf_tokenizer(tok_dir: Path, out: Path) -> list[str]:
+    """Copy the tokenizer files of ``tok_dir`` into ``out``, set to add ``</s>`` first.
+
+    Both ways transformers builds a fast tokenizer are set: ``tokenizer.json``'s post-processor
+    (used as is by transformers 4) and ``bos_token`` / ``add_bos_token`` in
+    ``tokenizer_config.json`` (from which transformers 5 rebuilds the post-processor). A foreign
+    tokenizer (no Aquila specials) is copied unchanged.
+    """
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers.processors import TemplateProcessing
+
+    copied = copy_tokenizer_files(tok_dir, out)
+    if "tokenizer.json" not in copied:
+        return copied
+    hf = HFTokenizer.from_file(str(out / "tokenizer.json"))
+    start = hf.token_to_id(DOC_START)
+    if start is None:
+        return copied
+    hf.post_processor = TemplateProcessing(
+        single=f"{DOC_START}:0 $A:0",
+        pair=f"{DOC_START}:0 $A:0 {DOC_START}:1 $B:1",
+        special_tokens=[(DOC_START, start)],
+    )
+    hf.save(str(out / "tokenizer.json"))
+    for name, changes in (
+        ("tokenizer_config.json", {"bos_token": DOC_START, "add_bos_token": True}),
+        ("special_tokens_map.json", {"bos_token": DOC_START}),
+    ):
+        path = out / name
+        data = json.loads(path.read_text()) if path.is_file() else {}
+        path.write_text(json.dumps({**data, **changes}, indent=2) + "\n")
+        if name not in copied:
+            copied.append(name)
+    return copied
+
+
+def hf_start_token(src: Path) -> tuple[str | None, str]:
+    """The token a Hugging Face tokenizer puts before every text by default, and where that
+    was read: ``add_bos_token`` + ``bos_token`` in ``tokenizer_config.json`` (Llama 2, Mixtral),
+    else the leading special token of ``tokenizer.json``'s template post-processor (Llama 3)."""
+    config_file, tok_file = src / "tokenizer_config.json", src / "tokenizer.json"
+    config = json.loads(config_file.read_text()) if config_file.is_file() else {}
+    if config.get("add_bos_token") is True and config.get("bos_token"):
+        bos = config["bos_token"]
+        return (bos.get("content") if isinstance(bos, dict) else str(bos)), config_file.name
+    if tok_file.is_file():
+        post = json.loads(tok_file.read_text()).get("post_processor") or {}
+        for proc in post.get("processors", [post]):
+            single = proc.get("single") if proc.get("type") == "TemplateProcessing" else None
+            if single and "SpecialToken" in single[0]:
+                return single[0]["SpecialToken"]["id"], f"{tok_file.name} post_processor"
+    if config.get("add_bos_token") is False:
+        return None, f"{config_file.name} (add_bos_token false)"
+    return None, "no tokenizer setting adds one"
 
 
 def _shard_bytes(max_shard_size: str | int) -> int:
@@ -346,7 +408,7 @@ def export_hf(
         written = write_shards(tmp, groups, produce, advance)
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         (tmp / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
-        copied = copy_tokenizer_files(tok_dir, tmp) if tok_dir else []
+        copied = write_hf_tokenizer(tok_dir, tmp) if tok_dir else []
     return {
         "source": str(model_dir),
         "out": str(out),
@@ -485,6 +547,11 @@ def import_hf(
         cfg = config_from_hf_llama(config, source)
         weights = hf_weights(src)
         recipes = llama_recipes(config, weights.infos(), source)
+    # The token the checkpoint's documents start with becomes aquila's start-of-document token
+    # (what generate and eval put before a prompt); aquila's own is </s>, the default.
+    start, start_from = hf_start_token(src)
+    if start is not None and start != DOC_START:
+        cfg = cfg.replace(extra={**cfg.extra, "doc_start_token": start})
     expected = {k: tuple(v.shape) for k, v in AquilaModel(cfg, device="meta").state_dict().items()}
     check_names(expected, {k: r.shape for k, r in recipes.items()}, "the checkpoint weights")
     sizes = [(n, TensorInfo(recipes[n].shape, recipes[n].dtype).nbytes()) for n in expected]
@@ -510,4 +577,5 @@ def import_hf(
         "params": written["params"],
         "files": written["files"],
         "tokenizer_files": copied,
+        "doc_start": {"token": start or DOC_START, "from": start_from},
     }

@@ -100,6 +100,15 @@ def _replaceable(out: Path) -> bool:
     return not names or CONFIG_FILE in names or "config.json" in names
 
 
+def check_output_dir(out: str | Path) -> Path:
+    """``out`` if a model dir may be written there (new, empty or an earlier model dir); else a
+    one-line error. Commands call it before their work, :func:`atomic_dir` again when writing."""
+    out = Path(out)
+    if not _replaceable(out):
+        raise UserError(f"{out} exists and is not a model dir; choose an empty or new directory")
+    return out
+
+
 @contextlib.contextmanager
 def atomic_dir(out: str | Path) -> Iterator[Path]:
     """Yield a temporary dir beside ``out``; on success fsync it and rename it to ``out``.
@@ -107,9 +116,7 @@ def atomic_dir(out: str | Path) -> Iterator[Path]:
     An existing ``out`` is replaced only if it is empty or an earlier model dir; on error the
     temporary dir is removed and ``out`` is left as it was.
     """
-    out = Path(out)
-    if not _replaceable(out):
-        raise UserError(f"{out} exists and is not a model dir; choose an empty or new directory")
+    out = check_output_dir(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp = out.with_name(f".tmp-{out.name}-{tag}")

@@ -100,9 +100,7 @@ class MoEFFN(nn.Module):
         for e, c in enumerate(counts.tolist()):
             if c == 0:
                 continue
-            xs = x.index_select(0, token[start : start + c])
-            hid = F.silu(F.linear(xs, self.w1[e])) * F.linear(xs, self.w3[e])
-            outs.append(F.linear(hid, self.w2[e]))
+            outs.append(self.expert_forward(e, x.index_select(0, token[start : start + c])))
             start += c
         sorted_out = torch.cat(outs) if outs else x.new_zeros(0, shape[-1])
         # Un-sort and combine the k slots of each token with a weighted sum (no atomics: the
@@ -111,6 +109,12 @@ class MoEFFN(nn.Module):
         y = (per_slot.view(n, self.top_k, -1) * weights.unsqueeze(-1).to(x.dtype)).sum(dim=1)
         self._store_losses(logits, flat, counts)
         return y.view(shape)
+
+    def expert_forward(self, e: int, xs: torch.Tensor) -> torch.Tensor:
+        """Expert ``e``'s SwiGLU on the rows ``xs`` routed to it (a subclass may store experts
+        differently, e.g. as int4 Linears)."""
+        hid = F.silu(F.linear(xs, self.w1[e])) * F.linear(xs, self.w3[e])
+        return F.linear(hid, self.w2[e])
 
     def _store_losses(self, logits: torch.Tensor, flat: torch.Tensor, counts: torch.Tensor) -> None:
         probs = logits.softmax(dim=-1)

@@ -27,7 +27,8 @@ def register(sub: argparse._SubParsersAction) -> None:
             "  aquila monitor runs/run-20260101-120000 --port 9000\n"
             "  aquila monitor RUN_DIR --host 0.0.0.0 --allow-host node7.cluster\n"
             "  aquila monitor RUN_DIR --report\n"
-            "  aquila monitor RUN_DIR --png run.png --json"
+            "  aquila monitor RUN_DIR --png run.png --json\n"
+            "  aquila monitor RUN_DIR --report --trajectory-png trajectory.png"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -53,6 +54,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--report", action="store_true", help="print a text report with suggestions")
     p.add_argument("--png", metavar="OUT.png", help="save a plot of the run to OUT.png")
     p.add_argument(
+        "--trajectory-png",
+        metavar="OUT.png",
+        help=(
+            "save the weight-trajectory distance per parameter type over tokens, data phases "
+            "shaded, with the point where each type settles"
+        ),
+    )
+    p.add_argument(
         "--json", action="store_true", help="print the report as one JSON object on stdout"
     )
     p.set_defaults(func=_monitor)
@@ -67,7 +76,7 @@ def _monitor(args: argparse.Namespace) -> int:
     run_dir = Path(args.run_dir)
     if not (run_dir / DB_FILE).is_file():
         raise UserError(f"{run_dir}: not a monitored run directory (no {DB_FILE})")
-    if args.report or args.json or args.png:
+    if args.report or args.json or args.png or args.trajectory_png:
         return _report(run_dir, args)
     return _serve(run_dir, args)
 
@@ -114,6 +123,7 @@ def _serve(run_dir, args) -> int:
 def build_report(run_dir) -> dict:
     from aquila.monitor import store
     from aquila.monitor.dashboard import Dashboard
+    from aquila.monitor.trajectory_report import settle_summary
 
     app = Dashboard(run_dir)
     rows = store.latest_metrics(app.db)
@@ -146,6 +156,7 @@ def build_report(run_dir) -> dict:
         if latest_eval
         else None,
         "suggestions": app.suggestions(),
+        "trajectory": settle_summary(app.trajectory()),
     }
 
 
@@ -156,6 +167,12 @@ def _report(run_dir, args) -> int:
         from aquila.monitor.plot import save_png
 
         report["png"] = str(save_png(store.open_db(run_dir), args.png, title=str(run_dir)))
+    if args.trajectory_png:
+        from aquila.monitor import store
+        from aquila.monitor.trajectory_report import save_trajectory_png
+
+        db = store.open_db(run_dir)
+        report["trajectory_png"] = str(save_trajectory_png(db, args.trajectory_png, str(run_dir)))
     out = sys.stderr if args.json else sys.stdout
     if args.report or not args.json:
         _print_report(report, out)
@@ -185,6 +202,11 @@ def _print_report(r: dict, out) -> None:
         p("events: " + ", ".join(f"{k} x{n}" for k, n in sorted(r["events"].items())))
         for e in r["recent_events"]:
             p(f"  step {e['step']:>6}  {e['kind']:<10} {e['message']}")
+    if r["trajectory"]["types"]:
+        from aquila.monitor.trajectory_report import format_summary
+
+        for line in format_summary(r["trajectory"]):
+            p(line)
     p("suggestions:" if r["suggestions"] else "suggestions: none")
     for s in r["suggestions"]:
         p(f"  - {s['message']}")
@@ -192,3 +214,5 @@ def _print_report(r: dict, out) -> None:
             p(f"    command: {s['command']['kind']} {json.dumps(s['command']['args'])}")
     if r.get("png"):
         p(f"plot saved to {r['png']}")
+    if r.get("trajectory_png"):
+        p(f"weight-trajectory plot saved to {r['trajectory_png']}")

@@ -53,6 +53,21 @@ class DivergenceOptions(DetectorOptions):
     min_steps: int = rule(50, integer(at_least=0))
 
 
+def _task_specs_ok(specs: Any) -> bool:
+    if not isinstance(specs, list) or not all(isinstance(s, str) for s in specs):
+        return False
+    if not specs:
+        return True
+    from aquila.errors import UserError
+    from aquila.eval.tasks import parse_tasks
+
+    try:
+        parse_tasks(specs, option="monitor.eval.tasks")
+    except UserError:
+        return False
+    return True
+
+
 @dataclass
 class EvalOptions:
     enabled: bool = True
@@ -60,8 +75,16 @@ class EvalOptions:
     every: int = rule(1, integer(at_least=1))
     # Held-out bytes per source (keeps an evaluation to seconds on CPU).
     max_bytes: int = rule(60_000, integer(at_least=1))
-    # Task names from ``aquila.eval`` (e.g. "hellaswag-zh"), when that registry is present.
-    tasks: list[str] = field(default_factory=list)
+    # ``aquila eval`` task specs, as for --tasks (e.g. "bpb:data/heldout", "mc:mine.jsonl",
+    # "mine=hellaswag:hs.jsonl"); checked when training starts.
+    tasks: list[str] = rule(
+        [],
+        Rule(
+            _task_specs_ok,
+            "must be a list of `aquila eval` tasks with unique names (a built-in name, "
+            "FORMAT:PATH or NAME=FORMAT:PATH; see docs/eval.md)",
+        ),
+    )
     task_limit: int = rule(50, integer(at_least=1))
     threads: int = rule(1, integer(at_least=1))
     # Wait for running evaluations when training ends (so results land in the run database).

@@ -165,6 +165,11 @@ class Dashboard:
     def trajectory(self) -> list[dict[str, Any]]:
         return store.trajectory(self.db)
 
+    def trajectory_summary(self) -> dict[str, Any]:
+        from aquila.monitor.trajectory_report import settle_summary
+
+        return settle_summary(self.trajectory())
+
     def suggestions(self) -> list[dict[str, Any]]:
         return [s.to_dict() for s in suggestions(self.db)]
 
@@ -226,6 +231,7 @@ def make_handler(app: Dashboard, access: Access, request_timeout: float = 10.0):
         "/api/evals": lambda q: app.evals(),
         "/api/mixture": lambda q: app.mixture(),
         "/api/trajectory": lambda q: app.trajectory(),
+        "/api/trajectory-summary": lambda q: app.trajectory_summary(),
         "/api/suggestions": lambda q: app.suggestions(),
     }
     # A fixed map: no request path is ever joined onto a directory.

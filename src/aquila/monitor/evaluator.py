@@ -188,24 +188,37 @@ def evaluate_checkpoint(
         res["device"] = str(dev)
         db.add_eval(step, "heldout-bpb", res)
         out["heldout-bpb"] = res
-    for name, metrics in _run_tasks(model, tokenizer, tasks or [], task_limit).items():
-        db.add_eval(step, name, metrics)
-        out[name] = metrics
+    if tasks:
+        out.update(_run_tasks(run_dir, step, ckpt, model, tokenizer, tasks, task_limit, dev))
     return out
 
 
-def _run_tasks(model, tokenizer, names: list[str], limit: int) -> dict[str, Any]:
-    if not names:
-        return {}
-    try:
-        from aquila.eval.lm import ModelLM
-        from aquila.eval.runner import evaluate
-        from aquila.eval.tasks import get_task
-    except ImportError:
-        return {}
+def _run_tasks(
+    run_dir: Path, step: int, ckpt: Path, model, tokenizer, specs: list[str], limit: int, dev
+) -> dict[str, Any]:
+    """``aquila.eval`` tasks on the checkpoint, stored as ``aquila eval RUN`` stores its own."""
+    from aquila.eval.lm import ModelLM
+    from aquila.eval.results import record_results
+    from aquila.eval.runner import evaluate
+    from aquila.eval.tasks import parse_tasks
+
+    tasks = parse_tasks(specs, option="monitor.eval.tasks")
     lm = ModelLM(model, tokenizer, 8)
-    results = evaluate(lm, [get_task(n) for n in names], limit=limit, show_progress=False)
+    results = evaluate(lm, tasks, limit=limit, show_progress=False)
+    meta = {"checkpoint": ckpt.name, "limit": limit, "num_fewshot": 0, "device": str(dev)}
+    record_results(run_dir, step, results, tasks, origin="evaluator", meta=meta)
     return {name: dict(r) for name, r in results.items()}
+
+
+def check_tasks(specs: list[str], limit: int) -> None:
+    """Refuse ``monitor.eval.tasks`` that name no task, collide, or whose files are malformed,
+    before a run starts (``aquila.engine.run.prepare_run``) rather than at every checkpoint's
+    evaluation."""
+    from aquila.eval.tasks import parse_tasks
+
+    for task in parse_tasks(specs, option="monitor.eval.tasks"):
+        if ":" in task.spec:  # a file: read (and so validate) it now
+            task.prepare(limit)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -177,8 +177,9 @@ class TrajectoryCallback(Callback):
     def __init__(self):
         self.db = None
         self.seen: dict[int, tuple[int, dict[str, list[float]]]] = {}
-        # Curves computed as a save started, by step, until its checkpoint is reported.
-        self.pending: dict[int, dict[str, list[float]]] = {}
+        # Curves and the data phase, taken as a save started, by step, until its checkpoint is
+        # reported.
+        self.pending: dict[int, tuple[dict[str, list[float]], str]] = {}
 
     def on_start(self, trainer) -> None:
         if not trainer.is_main:
@@ -195,7 +196,11 @@ class TrajectoryCallback(Callback):
         # completes steps later), reduced across shards without gathering.
         curves = model_curves(trainer.model)  # collective: every rank takes part
         if self.db is not None:
-            self.pending[trainer.state.step] = curves
+            from aquila.monitor.metrics import mixture_label
+
+            # The phase in force at this checkpoint's position: a background write reports its
+            # checkpoint steps later, possibly after a phase that starts later has begun.
+            self.pending[trainer.state.step] = (curves, mixture_label(trainer))
 
     def on_checkpoint(self, trainer, path) -> None:
         if self.db is None:
@@ -209,17 +214,18 @@ class TrajectoryCallback(Callback):
             # A rewind: later curves belong to a path training has left.
             self.seen = {s: v for s, v in self.seen.items() if s < step}
             store.drop_trajectory_after(self.db, step - 1)
-        curves = self.pending.pop(step, None)
+        taken = self.pending.pop(step, None)
         self.pending = {s: c for s, c in self.pending.items() if s > step}
-        if curves is None:  # saved without before_save (an older caller): read it back
-            curves = checkpoint_curves(path)
+        if taken is not None:
+            curves, label = taken
+        else:  # saved without before_save (an older caller): read it back
+            curves, label = checkpoint_curves(path), mixture_label(trainer)
         earlier = [s for s, (t, _) in self.seen.items() if t < tokens]
         prev = max(earlier) if earlier else None
         dist = {}
         if prev is not None:
             prev_tokens, prev_curves = self.seen[prev]
             dist = trajectory_distances(prev_curves, curves, tokens - prev_tokens)
-        label = mixture_label(trainer)
         for ptype, curve in curves.items():
             store.put_trajectory(self.db, step, ptype, tokens, label, curve, prev, dist.get(ptype))
         self.seen[step] = (tokens, curves)

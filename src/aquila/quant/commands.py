@@ -17,10 +17,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         description=(
             "Quantize every Linear of the decoder blocks to 4-bit weights with one scale and "
             "zero per group of input columns (asymmetric, torch's int4 convention), packed for "
-            "torch's native int4 matmul kernels. Embeddings, norms and lm_head stay in full "
-            "precision unless --lm-head. GPTQ fits the rounding to calibration activations of "
-            "the sample corpus's train split. The output is a model dir that `aquila eval` and "
-            "`aquila generate` read."
+            "torch's native int4 matmul kernels. Embeddings, norms, MoE routers and lm_head "
+            "stay in full precision (lm_head unless --lm-head). MoE experts are quantized one "
+            "by one; GPTQ fits each expert's rounding to the calibration tokens its router "
+            "sends it. GPTQ calibrates on the sample corpus's train split. The output is a "
+            "model dir that `aquila eval` and `aquila generate` read."
         ),
         epilog=(
             "examples:\n"
@@ -70,7 +71,12 @@ def _quantize(args: argparse.Namespace) -> int:
     from rich.progress import Progress
 
     from aquila.errors import UserError
-    from aquila.model.io import read_model_config, resolve_model_dir, resolve_tokenizer_dir
+    from aquila.model.io import (
+        check_output_dir,
+        read_model_config,
+        resolve_model_dir,
+        resolve_tokenizer_dir,
+    )
     from aquila.quant.model import QuantConfig, read_quant_config
 
     qcfg = QuantConfig(
@@ -88,7 +94,10 @@ def _quantize(args: argparse.Namespace) -> int:
         raise UserError(f"{model_dir} is already quantized")
     if args.out.resolve() == model_dir.resolve():
         raise UserError(f"--out {args.out} is the input model dir; choose a new directory")
+    # Everything that can refuse does so here, before the weights are read.
+    check_output_dir(args.out)
     read_model_config(model_dir)
+    tokenizer_dir = resolve_tokenizer_dir(args.path)
 
     import torch
 
@@ -98,7 +107,7 @@ def _quantize(args: argparse.Namespace) -> int:
     from aquila.tokenizer import Tokenizer
 
     console = Console(stderr=args.json)
-    tokenizer = Tokenizer.load(resolve_tokenizer_dir(args.path))
+    tokenizer = Tokenizer.load(tokenizer_dir)
     model = load_model_dir(model_dir, dtype=torch.float32)
     calib = None
     if qcfg.method == "gptq":
@@ -119,6 +128,8 @@ def _quantize(args: argparse.Namespace) -> int:
         "lm_head": qcfg.include_lm_head,
         "calib_tokens": int(calib.numel()) if calib is not None else 0,
         "modules": len(qcfg.modules),
+        "experts": model.cfg.n_experts,
+        "rtn_fallback": qcfg.rtn_fallback,
         "seconds": round(seconds, 2),
         "disk_bytes": weights_bytes(args.out),
         "source_disk_bytes": weights_bytes(model_dir),
@@ -141,4 +152,9 @@ def _quantize(args: argparse.Namespace) -> int:
             f"{seconds:.1f}s -> {args.out} ({summary['disk_bytes'] / 1e6:.2f} MB, was "
             f"{summary['source_disk_bytes'] / 1e6:.2f} MB)"
         )
+        if qcfg.rtn_fallback:
+            console.print(
+                f"{len(qcfg.rtn_fallback)} linears got no calibration tokens (experts the router "
+                f"never chose) and were rounded to nearest: {', '.join(qcfg.rtn_fallback[:6])}"
+            )
     return 0

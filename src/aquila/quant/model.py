@@ -1,9 +1,14 @@
 """Quantize a whole model (RTN or GPTQ), and save / load quantized model dirs.
 
-Every Linear inside the decoder blocks becomes a :class:`QuantLinear`; the embeddings, norms and
-(by default) ``lm_head`` stay in full precision. GPTQ runs block by block: the calibration
-tokens go through the model whose earlier blocks are already quantized, so each block's
-Hessians see the inputs it will get at inference.
+Every Linear inside the decoder blocks becomes a :class:`QuantLinear`; the embeddings, norms,
+MoE routers and (by default) ``lm_head`` stay in full precision. GPTQ runs block by block: the
+calibration tokens go through the model whose earlier blocks are already quantized, so each
+block's Hessians see the inputs it will get at inference.
+
+MoE blocks are first split into one Linear per expert projection (:mod:`aquila.quant.moe`), so
+every expert is quantized on its own, and under GPTQ from the tokens the router sends it. An
+expert that no calibration token reaches has no Hessian; it is rounded to nearest instead and
+named in ``QuantConfig.rtn_fallback``.
 
 A quantized model dir is a normal model dir whose ``model.json`` also holds a ``quantization``
 object; its safetensors file holds ``<linear>.qweight`` / ``.scales`` / ``.zeros`` for each
@@ -22,10 +27,12 @@ import torch
 from torch import nn
 
 from aquila.errors import UserError
+from aquila.model.moe import MoEFFN
 from aquila.model.transformer import AquilaModel
 from aquila.quant.gptq import HessianAccumulator, gptq_quantize
 from aquila.quant.int4 import GROUP_SIZES, pack_int4, pad_for_kernel, quantize_rtn
 from aquila.quant.linear import QuantLinear
+from aquila.quant.moe import split_experts
 
 METHODS = ("rtn", "gptq")
 
@@ -38,8 +45,10 @@ class QuantConfig:
     include_lm_head: bool = False
     act_order: bool = False
     damp: float = 0.01
-    # Filled in by quantize_model: the names of the Linears that were quantized.
+    # Filled in by quantize_model: the names of the Linears that were quantized, and those GPTQ
+    # had no calibration inputs for (MoE experts no token was routed to), rounded to nearest.
     modules: list[str] = field(default_factory=list)
+    rtn_fallback: list[str] = field(default_factory=list)
 
     def validate(self) -> None:
         if self.bits != 4:
@@ -61,12 +70,14 @@ class QuantConfig:
 
 
 def target_linears(model: AquilaModel, include_lm_head: bool = False) -> dict[str, nn.Linear]:
-    """The Linears to quantize, by qualified name, in forward order."""
+    """The Linears to quantize, by qualified name, in forward order: MoE routers are not among
+    them (a router's weights choose experts; rounding them would change which expert runs)."""
+    routers = {id(m.gate) for m in model.modules() if isinstance(m, MoEFFN)}
     out = {
         f"layers.{i}.{name}": m
         for i, block in enumerate(model.layers)
         for name, m in block.named_modules()
-        if isinstance(m, nn.Linear)
+        if isinstance(m, nn.Linear) and id(m) not in routers
     }
     if include_lm_head:
         out["lm_head"] = model.lm_head
@@ -91,10 +102,13 @@ class _StopForward(Exception):
 
 def _block_hessians(
     model: AquilaModel, block_idx: int, calib: torch.Tensor, batch_size: int
-) -> dict[str, torch.Tensor]:
-    """Hessians of the inputs of block ``block_idx``'s Linears over the calibration batches."""
+) -> dict[str, torch.Tensor | None]:
+    """Hessians of the inputs of block ``block_idx``'s Linears over the calibration batches
+    (an expert's Linears see only the tokens routed to it); None where nothing came in."""
     block = model.layers[block_idx]
-    linears = {n: m for n, m in block.named_modules() if isinstance(m, nn.Linear)}
+    prefix = f"layers.{block_idx}."
+    targets = target_linears(model)
+    linears = {n[len(prefix) :]: m for n, m in targets.items() if n.startswith(prefix)}
     acc = {n: HessianAccumulator(m.in_features) for n, m in linears.items()}
     hooks = [
         m.register_forward_hook(lambda mod, inp, out, name=n: acc[name].add(inp[0]))
@@ -113,7 +127,7 @@ def _block_hessians(
     finally:
         for hk in hooks:
             hk.remove()
-    return {n: a.hessian() for n, a in acc.items()}
+    return {n: a.hessian() if a.n else None for n, a in acc.items()}
 
 
 def quantize_model(
@@ -135,14 +149,18 @@ def quantize_model(
     if cfg.method == "gptq" and (calib is None or calib.numel() == 0):
         raise UserError("GPTQ needs calibration tokens (--calib-tokens > 0)")
     model.eval()
+    split_experts(model)
     targets = target_linears(model, cfg.include_lm_head)
-    cfg.modules = list(targets)
+    cfg.modules, cfg.rtn_fallback = list(targets), []
     for i in range(len(model.layers)):
         prefix = f"layers.{i}."
         names = [n for n in targets if n.startswith(prefix)]
         hessians = _block_hessians(model, i, calib, batch_size) if cfg.method == "gptq" else {}
         for name in names:
-            _quantize_one(model, name, targets[name], cfg, hessians.get(name[len(prefix) :]))
+            h = hessians.get(name[len(prefix) :])
+            if cfg.method == "gptq" and h is None:
+                cfg.rtn_fallback.append(name)
+            _quantize_one(model, name, targets[name], cfg, h)
         if progress:
             progress(f"block {i}")
     if cfg.include_lm_head:
@@ -237,6 +255,7 @@ def load_quantized_model_dir(path: str | Path, device: torch.device | str = "cpu
     except (SafetensorError, OSError, ValueError) as exc:
         raise UserError(f"cannot read {weights}: {exc}") from None
     model = AquilaModel(model_cfg, device="meta")
+    split_experts(model)  # quantized experts are stored one Linear each
     for name in qcfg.modules:
         lin = model.get_submodule(name)
         _set_module(
@@ -285,4 +304,6 @@ def linear_weight_bytes(model: nn.Module) -> int:
         for m in block.modules():
             if isinstance(m, nn.Linear):
                 total += m.weight.numel() * m.weight.element_size()
+            elif type(m) is MoEFFN:  # stacked float experts
+                total += sum(w.numel() * w.element_size() for w in (m.w1, m.w3, m.w2))
     return total

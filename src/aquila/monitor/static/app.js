@@ -73,36 +73,61 @@ function drawCharts() {
     ? `step ${x[x.length - 1]} · loss ${Number(rows[rows.length - 1].loss).toFixed(4)}` : "no metrics yet";
 }
 
+// The headline metric of a task's results row: bits per byte for bpb tasks, else accuracy,
+// exact match or pass@1.
+const HEADLINE = ["bpb", "acc", "exact_match", "pass@1"];
+
 function drawEvals(evals) {
-  const series = {};
+  const bpb = {}, scores = {};
+  const add = (series, name, step, y) => {
+    if (typeof y === "number") (series[name] = series[name] || []).push([step, y]);
+  };
   for (const e of evals) {
-    if (e.task !== "heldout-bpb") continue;
-    for (const [lang, r] of Object.entries(e.data.languages || {})) {
-      (series[lang] = series[lang] || []).push([e.step, r.bpb]);
+    if (e.task === "heldout-bpb") {
+      for (const [lang, r] of Object.entries(e.data.languages || {})) add(bpb, `${lang} bpb`, e.step, r.bpb);
+      continue;
     }
+    // Task results, of `aquila eval RUN` and of the background evaluator alike (one row per
+    // task name and checkpoint); older rows held the metrics at the top level.
+    const m = e.data.metrics || e.data;
+    const metric = HEADLINE.find((k) => typeof m[k] === "number");
+    if (!metric) continue;
+    add(metric === "bpb" ? bpb : scores, `${e.task} ${metric}`, e.step, m[metric]);
   }
-  const traces = Object.entries(series).map(([lang, pts]) => ({
-    x: pts.map((p) => p[0]), y: pts.map((p) => p[1]), name: `${lang} bpb`, mode: "lines+markers" }));
-  Plotly.react("chart-evals", traces, layoutBase("Held-out bits per byte (checkpoints)", "bits/byte"));
+  const traces = (series) => Object.entries(series).map(([name, pts]) => {
+    pts.sort((a, b) => a[0] - b[0]);
+    return { x: pts.map((p) => p[0]), y: pts.map((p) => p[1]), name, mode: "lines+markers" };
+  });
+  Plotly.react("chart-evals", traces(bpb), layoutBase("Bits per byte (checkpoints)", "bits/byte"));
+  Plotly.react("chart-tasks", traces(scores), layoutBase("Task scores (checkpoints)", "score"));
 }
 
-function drawTrajectory(rows) {
+function drawTrajectory(rows, summary) {
   const labels = [...new Set(rows.map((r) => r.label))];
   const colour = (l) => PALETTE[labels.indexOf(l) % PALETTE.length];
   const types = [...new Set(rows.map((r) => r.ptype))];
   const traces = types.map((t) => {
     const pts = rows.filter((r) => r.ptype === t && r.distance !== null);
-    return { x: pts.map((r) => r.step), y: pts.map((r) => r.distance), name: t,
-      mode: "lines+markers", text: pts.map((r) => r.label),
-      hovertemplate: `${t}: %{y:.4g} per 1B tokens<br>step %{x} · %{text}<extra></extra>`,
+    return { x: pts.map((r) => r.tokens), y: pts.map((r) => r.distance), name: t,
+      mode: "lines+markers", text: pts.map((r) => `step ${r.step} · ${r.label}`),
+      hovertemplate: `${t}: %{y:.4g} per 1B tokens<br>%{x:,} tokens · %{text}<extra></extra>`,
       marker: { size: 9, color: pts.map((r) => colour(r.label)), line: { width: 1, color: "#000" } } };
   });
-  // Legend entries for the phases (the marker colours).
+  // Legend entries for the phases (the marker colours and the shaded spans).
   labels.forEach((l) => traces.push({ x: [null], y: [null], name: `phase: ${l}`, mode: "markers",
     marker: { size: 10, color: colour(l) } }));
+  const phases = (summary && summary.phases) || [];
+  const end = rows.length ? Math.max(...rows.map((r) => r.tokens)) : 0;
+  const shapes = phases.map((p, i) => ({ type: "rect", xref: "x", yref: "paper", y0: 0, y1: 1,
+    x0: p.from_tokens, x1: i + 1 < phases.length ? phases[i + 1].from_tokens : end,
+    fillcolor: colour(p.phase), opacity: 0.12, line: { width: 0 }, layer: "below" }));
   Plotly.react("chart-trajectory", traces, layoutBase(
-    "Weight trajectory: Fréchet distance of per-layer std curves per 1B tokens (markers: data phase)",
-    "distance / 1B tokens", { yaxis: { type: "log", title: { text: "distance / 1B tokens" } } }));
+    "Weight trajectory: Fréchet distance of per-layer std curves per 1B tokens (colour: data phase)",
+    "distance / 1B tokens", { shapes, xaxis: { title: { text: "tokens" } },
+      yaxis: { type: "log", title: { text: "distance / 1B tokens" } } }));
+  const note = document.getElementById("trajectory-summary");
+  note.textContent = summary && Object.keys(summary.types || {}).length
+    ? `${summary.verdict} (${summary.criterion}).` : "";
 }
 
 function drawMixture(mix) {
@@ -196,11 +221,12 @@ async function refreshMetrics() {
 }
 
 async function refreshSlow() {
-  const [summary, mix, events, evals, traj, sugg] = await Promise.all(["/api/summary",
-    "/api/mixture", "/api/events", "/api/evals", "/api/trajectory", "/api/suggestions"].map((p) => api(p)));
+  const [summary, mix, events, evals, traj, sugg, settle] = await Promise.all(["/api/summary",
+    "/api/mixture", "/api/events", "/api/evals", "/api/trajectory", "/api/suggestions",
+    "/api/trajectory-summary"].map((p) => api(p)));
   document.getElementById("run-name").textContent = summary.name;
   document.getElementById("run-status").textContent = summary.status;
-  drawMixture(mix); drawEvents(events); drawEvals(evals); drawTrajectory(traj); drawSuggestions(sugg);
+  drawMixture(mix); drawEvents(events); drawEvals(evals); drawTrajectory(traj, settle); drawSuggestions(sugg);
 }
 
 let tick = 0;
