@@ -10,9 +10,12 @@ Exit codes of every `aquila` command:
 3     the training was stopped by the monitor (non-finite values, divergence, a ``stop``
       policy, rewinds exhausted)
 4     a checkpoint (:class:`SaveFailed`) or another file of the run (``metrics.jsonl``,
-      ``run.sqlite``: :class:`RunFileFailed`) could not be written: a full disk, a read-only run directory; the
-      latest checkpoint is intact, and the run resumes once the disk has room
+      ``run.sqlite``: :class:`RunFileFailed`) could not be written: a full disk, a read-only
+      run directory; the latest checkpoint is intact, and the run resumes once there is room.
+      Also a token shard that ``aquila data tokenize`` could not write (:class:`WriteFailed`)
 5     the run directory is in use by another training (:class:`RunDirBusy`)
+6     ``aquila control ... --wait``: the training rejected the command (the reason is printed)
+7     ``aquila control ... --wait``: the command is still pending at ``--timeout``
 130   interrupted (Ctrl-C or SIGTERM; a training saves a checkpoint first)
 ====  ===============================================================================
 """
@@ -23,6 +26,8 @@ EXIT_USAGE = 2
 EXIT_MONITOR_STOP = 3
 EXIT_SAVE_FAILED = 4
 EXIT_RUN_BUSY = 5
+EXIT_COMMAND_REJECTED = 6
+EXIT_COMMAND_PENDING = 7
 EXIT_INTERRUPTED = 130
 
 
@@ -39,11 +44,16 @@ class UserError(ReportedError):
     exit_code = EXIT_USAGE
 
 
-class RunFileFailed(ReportedError):
-    """A file of the run other than a checkpoint (``metrics.jsonl``) could not be written; what
-    was partly written is taken back and the training stops: exit code 4."""
+class WriteFailed(ReportedError):
+    """A file could not be written (a full disk, a quota, a read-only file system) and what was
+    partly written is gone: exit code 4, the code of a failed checkpoint."""
 
     exit_code = EXIT_SAVE_FAILED
+
+
+class RunFileFailed(WriteFailed):
+    """A file of the run other than a checkpoint (``metrics.jsonl``, ``run.sqlite``) could not
+    be written; what was partly written is taken back and the training stops: exit code 4."""
 
 
 class RunDirBusy(UserError):

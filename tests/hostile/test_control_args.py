@@ -91,3 +91,29 @@ def test_a_stop_queued_while_nothing_ran_does_not_stop_the_next_resume(run_copy,
     assert '"status": "completed"' in capsys.readouterr().out
     (row,) = [c for c in db.commands() if c["id"] == stale]
     assert row["status"] == "rejected" and row["reason"] == "queued while no training was running"
+
+
+def test_wait_exit_codes_say_what_became_of_the_command(run_copy, capsys):
+    import threading
+
+    # No training is running: a queued set-lr stays pending past --timeout.
+    assert main(["control", str(run_copy), "set-lr", "1e-3", "--wait", "--timeout", "0.3"]) == 7
+    assert "(set-lr): pending" in capsys.readouterr().out
+    db = RunDB(run_copy)
+    (first,) = db.commands()
+
+    def reject_when_queued():
+        # What a training does with a command it cannot apply, seen from the waiting side.
+        for _ in range(200):
+            rows = [r for r in db.commands() if r["id"] != first["id"]]
+            if rows:
+                db.resolve(rows[0]["id"], "rejected", 7, "the run has ended")
+                return
+            threading.Event().wait(0.05)
+
+    t = threading.Thread(target=reject_when_queued)
+    t.start()
+    rc = main(["control", str(run_copy), "set-lr", "2e-3", "--wait", "--timeout", "30"])
+    t.join()
+    assert rc == 6
+    assert "rejected at step 7: the run has ended" in capsys.readouterr().out

@@ -11,6 +11,7 @@ Layout of ``DATA_DIR/<source>/``:
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -32,7 +33,7 @@ from aquila.data.shard_check import (
     scan_tokens,
     write_scan,
 )
-from aquila.errors import UserError
+from aquila.errors import UserError, WriteFailed
 
 FORMAT_VERSION = 1
 OFFSETS_FILE = "doc_offsets.npy"
@@ -73,6 +74,68 @@ def _file_documents(paths: list[Path], stats: ReadStats, per_file: list[dict], o
             entry["documents"] += 1
             yield doc
         on_file_done(entry["bytes"])
+
+
+# Errors of a disk that cannot take the shard (full, over quota, a file-size limit, read-only).
+_DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
+
+
+def _write_shard(
+    out: Path,
+    name: str,
+    files: list[Path],
+    tokenizer,
+    lang: str,
+    kind: str,
+    batch_docs: int,
+    show_progress: bool,
+    workers: int,
+) -> tuple[dict, float]:
+    """Write ``out``'s three files (the manifest last); the manifest and the seconds taken."""
+    stats = ReadStats()
+    per_file: list[dict] = []
+    total_bytes = sum(f.stat().st_size for f in files)
+    lengths: list[np.ndarray] = []
+    text_bytes = 0
+    doc_tokens = 0  # tokens so far of a document whose pieces span batches
+    max_id = -1
+    t0 = time.perf_counter()
+    with _progress(show_progress, f"tokenize {name}", total_bytes) as advance:
+        docs = _file_documents(files, stats, per_file, advance)
+        with (out / TOKENS_FILE).open("wb") as f:
+            batches = encode_batches(docs, batch_docs)
+            for batch, enc in encoded_batches(batches, tokenizer, workers):
+                f.write(enc.tokens.tobytes())
+                max_id = max(max_id, int(enc.tokens.max()) if len(enc.tokens) else -1)
+                text_bytes += enc.nbytes
+                doc_lengths, doc_tokens = document_lengths(
+                    enc.piece_lengths, batch.ends, doc_tokens
+                )
+                lengths.append(doc_lengths)
+            f.flush()
+            os.fsync(f.fileno())
+    seconds = time.perf_counter() - t0
+    sizes = np.concatenate(lengths) if lengths else np.zeros(0, np.int64)
+    offsets = np.zeros(len(sizes) + 1, dtype=np.int64)
+    np.cumsum(sizes, out=offsets[1:])
+    np.save(out / OFFSETS_FILE, offsets)
+    manifest = {
+        "source": name,
+        "lang": lang,
+        "kind": kind,
+        "documents": int(len(sizes)),
+        "tokens": int(offsets[-1]),
+        "bytes": int(text_bytes),
+        "tokenizer_hash": tokenizer.hash,
+        "eos_id": int(tokenizer.eos_id),
+        "files": per_file,
+        "skipped": stats.to_json(),
+        "format_version": FORMAT_VERSION,
+    }
+    _write_json_atomic(out / MANIFEST_FILE, manifest)
+    # The ids were seen while writing: opening the source needs no scan of its own.
+    write_scan(out, Scan(max_id), SHARD_FILES)
+    return manifest, seconds
 
 
 def tokenize_source(
@@ -122,51 +185,21 @@ def tokenize_source(
         raise UserError(f"no input files for source {name!r} in {', '.join(map(str, paths))}")
     if out.exists():
         shutil.rmtree(out)
-    out.mkdir(parents=True)
-
-    stats = ReadStats()
-    per_file: list[dict] = []
-    total_bytes = sum(f.stat().st_size for f in files)
-    lengths: list[np.ndarray] = []
-    text_bytes = 0
-    doc_tokens = 0  # tokens so far of a document whose pieces span batches
-    max_id = -1
-    t0 = time.perf_counter()
-    with _progress(show_progress, f"tokenize {name}", total_bytes) as advance:
-        docs = _file_documents(files, stats, per_file, advance)
-        with (out / TOKENS_FILE).open("wb") as f:
-            batches = encode_batches(docs, batch_docs)
-            for batch, enc in encoded_batches(batches, tokenizer, workers):
-                f.write(enc.tokens.tobytes())
-                max_id = max(max_id, int(enc.tokens.max()) if len(enc.tokens) else -1)
-                text_bytes += enc.nbytes
-                doc_lengths, doc_tokens = document_lengths(
-                    enc.piece_lengths, batch.ends, doc_tokens
-                )
-                lengths.append(doc_lengths)
-            f.flush()
-            os.fsync(f.fileno())
-    seconds = time.perf_counter() - t0
-    sizes = np.concatenate(lengths) if lengths else np.zeros(0, np.int64)
-    offsets = np.zeros(len(sizes) + 1, dtype=np.int64)
-    np.cumsum(sizes, out=offsets[1:])
-    np.save(out / OFFSETS_FILE, offsets)
-    manifest = {
-        "source": name,
-        "lang": lang,
-        "kind": kind,
-        "documents": int(len(sizes)),
-        "tokens": int(offsets[-1]),
-        "bytes": int(text_bytes),
-        "tokenizer_hash": tokenizer.hash,
-        "eos_id": int(tokenizer.eos_id),
-        "files": per_file,
-        "skipped": stats.to_json(),
-        "format_version": FORMAT_VERSION,
-    }
-    _write_json_atomic(out / MANIFEST_FILE, manifest)
-    # The ids were seen while writing: opening the source needs no scan of its own.
-    write_scan(out, Scan(max_id), SHARD_FILES)
+    try:
+        out.mkdir(parents=True)
+        manifest, seconds = _write_shard(
+            out, name, files, tokenizer, lang, kind, batch_docs, show_progress, workers
+        )
+    except OSError as exc:
+        if exc.errno not in _DISK_ERRORS:
+            raise
+        # An unfinished source would be redone anyway: leave nothing holding the disk.
+        shutil.rmtree(out, ignore_errors=True)
+        raise WriteFailed(
+            f"{out}: source {name!r} could not be written ({exc.strerror or exc}); nothing of "
+            "it is left, tokenize it again once there is room"
+        ) from None
+    text_bytes = manifest["bytes"]
     mb_per_s = text_bytes / 1e6 / max(seconds, 1e-9)
     return {**manifest, "seconds": seconds, "mb_per_s": mb_per_s, "workers": workers}
 

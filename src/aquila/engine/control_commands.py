@@ -28,7 +28,11 @@ def register(sub: argparse._SubParsersAction) -> None:
             "  aquila control runs/r1 add-source reviews --weight 0.1\n"
             "  aquila control runs/r1 auto-mixture on   # hand the mixture back to its policy\n"
             "  aquila control runs/r1 pause | resume | checkpoint-now | stop\n"
-            "  aquila control runs/r1 status --json"
+            "  aquila control runs/r1 status --json\n"
+            "\n"
+            "exit codes: 0 queued (with --wait: applied); 2 bad input (nothing queued); with "
+            "--wait:\n"
+            "  6 rejected by the training (the reason is printed), 7 still pending at --timeout"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -199,7 +203,9 @@ def _control(ns: argparse.Namespace) -> int:
     if out.get("reason"):
         line += f": {out['reason']}"
     _emit(out, line, ns.json)
-    return {"applied": 0, "pending": 3}.get(out["status"], 1)
+    from aquila.errors import EXIT_COMMAND_PENDING, EXIT_COMMAND_REJECTED
+
+    return {"applied": 0, "pending": EXIT_COMMAND_PENDING}.get(out["status"], EXIT_COMMAND_REJECTED)
 
 
 def _status(db, json_mode: bool) -> int:
