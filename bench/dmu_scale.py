@@ -31,7 +31,9 @@ import unicodedata
 from pathlib import Path
 
 HERE = Path(__file__).resolve()
-FILES_PER_LANG = 4  # the raw corpus is split so every worker has files of its own
+# The raw corpus comes in files of about this size, as published corpora do: a bigger corpus is
+# more files, not bigger ones, so "memory bounded by one part" can be checked across sizes.
+FILE_MB = 1.0
 PLANT_FRACTION = 0.06
 EVAL_ITEMS = 40  # per language
 _WORD = re.compile(r"\w+")
@@ -110,7 +112,7 @@ def _near_copy(text: str, target: float, rng: random.Random, zh: bool) -> tuple[
 
 
 def build_corpus(out: Path, mb: float, seed: int = 0) -> dict:
-    """Raw JSONL files (en/zh, FILES_PER_LANG each), eval files and the planted truth."""
+    """Raw JSONL files (en/zh, about FILE_MB each), eval files and the planted truth."""
     rng = random.Random(seed)
     en, zh, en_eval, zh_eval = _pools()
     en_items = rng.sample(en_eval, min(EVAL_ITEMS, len(en_eval)))
@@ -155,11 +157,13 @@ def build_corpus(out: Path, mb: float, seed: int = 0) -> dict:
     for lang in ("en", "zh"):
         rng.shuffle(docs[lang])
         files[lang] = []
-        for f in range(FILES_PER_LANG):
+        lang_mb = sum(len(d["text"].encode()) for d in docs[lang]) / 1e6
+        nfiles = max(1, round(lang_mb / FILE_MB))
+        for f in range(nfiles):
             path = out / "raw" / lang / f"{lang}-{f}.jsonl"
             path.parent.mkdir(parents=True, exist_ok=True)
             with path.open("w", encoding="utf-8") as fh:
-                for d in docs[lang][f::FILES_PER_LANG]:
+                for d in docs[lang][f::nfiles]:
                     fh.write(json.dumps(d, ensure_ascii=False) + "\n")
             files[lang].append(str(path))
     evals = {"en": out / "eval_en.jsonl", "zh": out / "eval_zh.jsonl"}
@@ -208,15 +212,19 @@ def run_aquila(corpus: Path, work: Path, workers: int, tokenizer: Path) -> dict:
     ws.catalog.add_source("zh", [Path(p) for p in truth["files"]["zh"]], "zh", "news")
     stages["add"] = time.perf_counter() - t
     pipe = Pipeline(ws, workers=workers)
+    peaks = {}  # ru_maxrss only grows: the value after a stage is the peak up to it
     t = time.perf_counter()
     pipe.clean()
     stages["clean"] = time.perf_counter() - t
+    peaks["clean"] = _peaks()
     t = time.perf_counter()
     pipe.dedup(DedupConfig(threshold=0.8))
     stages["dedup"] = time.perf_counter() - t
+    peaks["dedup"] = _peaks()
     t = time.perf_counter()
     pipe.decontaminate([Path(p) for p in truth["evals"].values()])
     stages["decontaminate"] = time.perf_counter() - t
+    peaks["decontaminate"] = _peaks()
     removed = {d.split(":", 1)[1]: r for _, d, r, _ in ws.catalog.removals("dedup")}
     cleaned = {d.split(":", 1)[1] for _, d, _, _ in ws.catalog.removals("clean")}
     contaminated = {d.split(":", 1)[1] for _, d, _, _ in ws.catalog.removals("decontaminate")}
@@ -232,13 +240,18 @@ def run_aquila(corpus: Path, work: Path, workers: int, tokenizer: Path) -> dict:
             sys.stdout = stdout
     assert rc == 0
     stages["tokenize"] = time.perf_counter() - t
+    peaks["tokenize"] = _peaks()
     return {
         "tool": "aquila",
         "raw_mb": mb,
         "seconds": {k: round(v, 2) for k, v in stages.items()},
         "mb_per_s": {k: round(mb / max(v, 1e-6), 2) for k, v in stages.items()},
         "clean_dedup_mb_per_s": round(mb / (stages["clean"] + stages["dedup"]), 2),
+        "clean_dedup_decontam_mb_per_s": round(
+            mb / (stages["clean"] + stages["dedup"] + stages["decontaminate"]), 2
+        ),
         "end_to_end_mb_per_s": round(mb / sum(stages.values()), 2),
+        "peaks_after": peaks,
         **_quality(truth, removed, cleaned),
         "eval_planted_docs": len(truth["contaminated"]),
         "eval_planted_removed": sum(
@@ -305,7 +318,9 @@ def run_datatrove(corpus: Path, work: Path, workers: int) -> dict:
                    MinhashDedupFilter(input_folder=str(w / "remove")),
                    JsonlWriter(str(w / "deduped"))],
     }  # fmt: skip
-    tasks = {"gopher": 2 * FILES_PER_LANG, "signatures": None, "buckets": cfg.num_buckets,
+    # One task per worker (each reads its share of the files): every datatrove task loads its
+    # word tokenizer, so more tasks than workers only costs it time.
+    tasks = {"gopher": workers, "signatures": None, "buckets": cfg.num_buckets,
              "clusters": 1, "filter": None}  # fmt: skip
     seconds = {}
     for name, pipeline in steps.items():
@@ -343,6 +358,30 @@ def run_datatrove(corpus: Path, work: Path, workers: int) -> dict:
     }
 
 
+def decontam_side_by_side(corpus: Path) -> dict:
+    """The vectorised scan against the per-document reference scan, same text, one process."""
+    from aquila.data.decontam import DecontamConfig, build_index, find_match, find_matches
+
+    truth = json.loads((corpus / "truth.json").read_text())
+    index = build_index([Path(p) for p in truth["evals"].values()], DecontamConfig())
+    texts = []
+    for p in (p for fs in truth["files"].values() for p in fs):
+        with open(p, encoding="utf-8") as f:
+            texts += [json.loads(line)["text"] for line in f]
+    mb = sum(len(t.encode()) for t in texts) / 1e6
+    find_matches(texts[:20], index)  # first sight of each code point class, powers table
+    t = time.perf_counter()
+    fast = find_matches(texts, index)
+    t_fast = time.perf_counter() - t
+    t = time.perf_counter()
+    ref = [find_match(x, index) for x in texts]
+    t_ref = time.perf_counter() - t
+    return {"mb": round(mb, 2), "documents": len(texts), "eval_ngrams": len(index),
+            "reference_mb_per_s": round(mb / t_ref, 2), "vectorised_mb_per_s": round(mb / t_fast, 2),
+            "speedup": round(t_ref / t_fast, 1), "identical_decisions": fast == ref,
+            "documents_matched": sum(r is not None for r in ref)}  # fmt: skip
+
+
 def _child(args) -> int:
     corpus, work = Path(args.corpus), Path(args.work)
     if args.child == "aquila":
@@ -371,6 +410,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--skip-datatrove", action="store_true")
     p.add_argument("--out", type=Path, default=None, help="keep corpora and outputs here")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument(
+        "--decontam-mb", type=float, default=None,
+        help="only compare the decontamination scans (vectorised vs per document) on a corpus "
+        "of this size",
+    )  # fmt: skip
     p.add_argument("--child", choices=["aquila", "datatrove"], help=argparse.SUPPRESS)
     p.add_argument("--corpus", help=argparse.SUPPRESS)
     p.add_argument("--work", help=argparse.SUPPRESS)
@@ -378,6 +422,11 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.child:
         return _child(args)
+    if args.decontam_mb:
+        root = args.out or Path(tempfile.mkdtemp(prefix="dmu_scale-"))
+        build_corpus(root / "corpus-decontam", args.decontam_mb)
+        print(json.dumps(decontam_side_by_side(root / "corpus-decontam")))
+        return 0
     full = 0.2 if args.smoke else args.full_mb
     try:
         import datatrove  # noqa: F401
@@ -403,7 +452,11 @@ def main(argv: list[str] | None = None) -> int:
                                    "documents": truth["documents"], **runs}  # fmt: skip
     e, f = results["sizes"]["eighth"]["aquila"], results["sizes"]["full"]["aquila"]
     results["memory_full_over_eighth"] = {
-        k: round(f[f"{k}_peak_mb"] / e[f"{k}_peak_mb"], 3) if e[f"{k}_peak_mb"] else None
+        f"{k} after {stage}": round(b[f"{k}_peak_mb"] / a[f"{k}_peak_mb"], 3)
+        if a[f"{k}_peak_mb"]
+        else None
+        for stage in ("decontaminate", "tokenize")
+        for a, b in [(e["peaks_after"][stage], f["peaks_after"][stage])]
         for k in ("driver", "worker")
     }
     if have_dt:

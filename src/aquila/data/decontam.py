@@ -172,7 +172,8 @@ def _powers(n: int) -> tuple[np.ndarray, np.ndarray]:
     """BASE**k and BASE**-k (mod 2**64) for k < n."""
     pw, ipw = _powers_cache
     if len(pw) < n:
-        size = max(n, 2 * len(pw))
+        # A full batch at once: growing step by step would redo the products many times.
+        size = max(n, 2 * len(pw), _BATCH_CHARS + (1 << 17))
         with np.errstate(over="ignore"):
             pw = np.cumprod(np.full(size, _BASE, np.uint64)) * _BASE_INV
             ipw = np.cumprod(np.full(size, _BASE_INV, np.uint64)) * _BASE

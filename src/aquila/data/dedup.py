@@ -42,6 +42,7 @@ PREFILTER = 0.15
 # Candidate pairs per bucket: all pairs up to this size, a star and a chain beyond it.
 FULL_BUCKET = 64
 _UNITS_PER_CHUNK = 8192
+_BATCH_CHARS = 1 << 20
 _PUNCT_RE = re.compile(r"[\W_]+", re.UNICODE)
 _WORD_RE = re.compile(r"\w+", re.UNICODE)
 _CJK = ((0x3400, 0x4DBF), (0x4E00, 0x9FFF), (0xF900, 0xFAFF))
@@ -146,8 +147,28 @@ def signatures(texts: list[str], cfg: DedupConfig) -> tuple[np.ndarray, np.ndarr
     """Exact hashes (n,) uint64 and MinHash signatures (n, num_perm) uint32 of one part.
 
     A document without a single shingle keeps the all-ones signature and takes part in exact
-    dedup only.
+    dedup only. Documents go through in batches of about a million characters, so the
+    temporary arrays (tens of bytes per character) stay small whatever the part's size.
     """
+    exact, sig, batch, size = [], [], [], 0
+    for t in texts:
+        batch.append(t)
+        size += len(t)
+        if size >= _BATCH_CHARS:
+            e, s = _batch_signatures(batch, cfg)
+            exact.append(e)
+            sig.append(s)
+            batch, size = [], 0
+    if batch or not exact:
+        e, s = _batch_signatures(batch, cfg)
+        exact.append(e)
+        sig.append(s)
+    return np.concatenate(exact), np.concatenate(sig)
+
+
+def _batch_signatures(texts: list[str], cfg: DedupConfig) -> tuple[np.ndarray, np.ndarray]:
+    if not texts:
+        return np.zeros(0, np.uint64), np.zeros((0, cfg.num_perm), np.uint32)
     units, docs, normalised = _shingle_hashes(texts, cfg.shingle)
     exact = np.fromiter((_exact_hash(t) for t in normalised), np.uint64, len(texts))
     sig = np.full((len(texts), cfg.num_perm), np.iinfo(np.uint32).max, np.uint32)
