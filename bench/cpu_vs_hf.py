@@ -56,7 +56,7 @@ def hf_llama_rate(preset: str, seq_len: int, batch: int, steps: int, warmup: int
     return {"step_s": step_s, "tokens_per_s": batch * seq_len / step_s}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -67,7 +67,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--compile", action="store_true", help="also time aquila with train.compile")
     ap.add_argument("--json", action="store_true")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
 
     peak = matmul_peak(torch.device("cpu"))
     ours = run_benchmark(
@@ -108,7 +108,8 @@ def main() -> None:
     else:
         for k, v in result.items():
             print(f"{k:>28}: {v:.4g}" if isinstance(v, float) else f"{k:>28}: {v}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -106,6 +106,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--compile", action="store_true", help="torch.compile each block")
     b.add_argument("--device", default="auto", help="cpu, cuda or auto")
     b.add_argument(
+        "--peak-seconds",
+        type=float,
+        default=2.0,
+        help="how long the CPU matmul peak is measured (default: 2 s)",
+    )
+    b.add_argument(
         "--set",
         dest="overrides",
         action="append",
@@ -281,6 +287,8 @@ def _bench(args: argparse.Namespace) -> int:
 
     if args.steps < 1 or args.batch < 1 or args.seq_len < 2:
         raise UserError("--steps and --batch must be >= 1 and --seq-len >= 2")
+    if not args.peak_seconds > 0:
+        raise UserError(f"--peak-seconds must be > 0, got {args.peak_seconds}")
     if args.data is not None:
         out = _bench_data(args)
     else:
@@ -296,6 +304,7 @@ def _bench(args: argparse.Namespace) -> int:
             args.micro_batch,
             args.device,
             args.overrides,
+            peak_seconds=args.peak_seconds,
         )
     if args.json:
         print(json.dumps(out))
