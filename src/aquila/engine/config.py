@@ -90,6 +90,12 @@ class TrainSection:
     dtype: str = rule("auto", one_of("auto", "float32", "fp32", "bfloat16", "bf16"))
     compile: bool = False
     activation_checkpointing: bool = False
+    # The output head's cross-entropy: "chunked" computes the logits a chunk of tokens at a time
+    # and again in the backward pass (never the whole tokens x vocab matrix); "full" holds them
+    # all; "liger" is Liger Kernel's fused kernel (CUDA, optional dependency `aquila[gpu]`).
+    loss: str = rule("chunked", one_of("chunked", "full", "liger"))
+    # Tokens per chunk of the chunked loss (0: as many as fit 64 MiB of fp32 logits).
+    loss_chunk_tokens: int = rule(0, integer(at_least=0))
     seed: int = rule(0, integer(at_least=0))
     log_every: int = rule(10, integer(at_least=1))
     # A checkpoint every this many steps (0: only at the end of the run).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import random
 import sys
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from aquila.checks import refuse
 from aquila.engine.callbacks import Callback
 from aquila.engine.checkpoint import (
     latest_checkpoint,
@@ -76,8 +78,6 @@ class Trainer:
         self.dist = dist or DistInfo()
         self.model = model
         self.train_model: torch.nn.Module = model
-        # The loss function the step calls: the model's own, or its compiled form.
-        self.loss_fn = model.token_losses
         self.data = data
         self.run_dir = run_dir
         self.callbacks = list(callbacks or [])
@@ -93,6 +93,12 @@ class Trainer:
         self.state = TrainState()
         self.history: list[dict[str, Any]] = []  # applied commands, checkpointed with the run
         self.amp_dtype = autocast_dtype(self.device, t.dtype)
+        if t.loss == "liger" and self.device.type != "cuda":
+            raise refuse("train.loss", t.loss, "needs a CUDA device; 'chunked' is the same on CPU")
+        # The loss function the step calls: the model's own, or its compiled form.
+        self.loss_fn = functools.partial(
+            model.token_losses, impl=t.loss, chunk_tokens=t.loss_chunk_tokens
+        )
         self.peak = peak_flops(self.device)
         self.flops_per_token = flops_per_token(model.cfg, cfg.data.seq_len)
         self._stop_reason: str | None = None
@@ -337,7 +343,7 @@ class Trainer:
         if self.dist.world == 1 and not self.cfg.train.activation_checkpointing:
             # One graph for blocks, head and loss: the elementwise work around the matmuls and
             # the log-softmax fuse (measured 18% faster than per-block graphs on CPU).
-            self.loss_fn = torch.compile(self.model.token_losses)
+            self.loss_fn = torch.compile(self.loss_fn)
         else:
             # Per block under FSDP/checkpointing: compile time flat in depth, graphs reused.
             for block in self.model.layers:
