@@ -11,6 +11,8 @@ Exit codes of every `aquila` command:
       policy, rewinds exhausted)
 4     a checkpoint could not be written (:class:`SaveFailed`); the latest checkpoint is intact
 5     the run directory is in use by another training (:class:`RunDirBusy`)
+6     ``train.compile`` was asked for and torch.compile failed (:class:`CompileFailed`);
+      ``train.compile_fallback = true`` trains eagerly instead
 130   interrupted (Ctrl-C or SIGTERM; a training saves a checkpoint first)
 ====  ===============================================================================
 """
@@ -21,6 +23,7 @@ EXIT_USAGE = 2
 EXIT_MONITOR_STOP = 3
 EXIT_SAVE_FAILED = 4
 EXIT_RUN_BUSY = 5
+EXIT_COMPILE_FAILED = 6
 EXIT_INTERRUPTED = 130
 
 
@@ -48,6 +51,12 @@ class SaveFailed(ReportedError):
     is still the latest: exit code 4."""
 
     exit_code = EXIT_SAVE_FAILED
+
+
+class CompileFailed(ReportedError):
+    """torch.compile failed on the first step of a run that asked for it: exit code 6."""
+
+    exit_code = EXIT_COMPILE_FAILED
 
 
 def require(condition: bool, message: str) -> None:

@@ -132,6 +132,8 @@ def run_benchmark(
         "seq_len": seq_len,
         "batch": batch,
         "compile": compile,
+        "compiled": trainer.compiled,
+        "loss": cfg.train.loss,
         "steps_timed": len(timer.times),
         "params": model.num_params(),
         "flops_per_token": fpt,

@@ -89,6 +89,9 @@ class TrainSection:
     # "auto": bf16 autocast on CUDA, fp32 on CPU. Or "float32" / "bfloat16".
     dtype: str = rule("auto", one_of("auto", "float32", "fp32", "bfloat16", "bf16"))
     compile: bool = False
+    # When torch.compile fails (no C++ toolchain, an unsupported op): train eagerly, saying so,
+    # instead of stopping the run with the compiler's error (exit code 6).
+    compile_fallback: bool = False
     activation_checkpointing: bool = False
     # The output head's cross-entropy: "chunked" computes the logits a chunk of tokens at a time
     # and again in the backward pass (never the whole tokens x vocab matrix); "full" holds them
