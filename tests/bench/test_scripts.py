@@ -10,6 +10,8 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 
 
@@ -60,9 +62,21 @@ def test_scale_experiment(capsys, tmp_path):
     assert set(out["scale_up"]) == {"fpi"} and "top1" in out["scale_out"]["by_top_k"]
 
 
-def test_cpu_vs_hf(capsys):
+def test_cpu_vs_hf_eager(capsys):
     script = load("cpu_vs_hf")
-    argv = ["--preset", "aquila-test", "--seq-len", "16", "--batch", "2", "--steps", "2"]
-    assert script.main([*argv, "--warmup", "1", "--json"]) == 0
+    argv = ["--preset", "aquila-test", "--seq-len", "16", "--batch", "2", "--steps", "1"]
+    argv += ["--warmup", "1", "--peak-seconds", "0.05", "--eager-only", "--profile", "--json"]
+    assert script.main(argv) == 0
     out = last_json(capsys)
-    assert out["aquila_tokens_per_s"] > 0 and out["hf_llama_tokens_per_s"] > 0
+    assert out["aquila_eager_tokens_per_s"] > 0 and out["hf_eager_fused_adamw_tokens_per_s"] > 0
+    assert out["eager_speedup_vs_hf_eager"] > 0 and out["aquila_loss"] == "chunked"
+    assert out["aquila_profile"] and 0 < out["aquila_profile"][0]["self_share"] <= 1
+
+
+@pytest.mark.slow
+def test_cpu_vs_hf_compiled(capsys):
+    script = load("cpu_vs_hf")
+    argv = ["--preset", "aquila-test", "--seq-len", "16", "--batch", "2", "--steps", "1"]
+    assert script.main([*argv, "--warmup", "1", "--peak-seconds", "0.05", "--json"]) == 0
+    out = last_json(capsys)
+    assert out["speedup_vs_hf_compiled"] > 0
