@@ -93,6 +93,13 @@ class TrainSection:
     # instead of stopping the run with the compiler's error (exit code 6).
     compile_fallback: bool = False
     activation_checkpointing: bool = False
+    # With activation_checkpointing: "full" recomputes each block; "selective" keeps the matmul
+    # and attention outputs and recomputes only the elementwise work.
+    ac_policy: str = rule("full", one_of("full", "selective"))
+    # The fused attention kernel SDPA may use; "auto": PyTorch's choice (flash, cudnn: CUDA only).
+    sdpa_backend: str = rule("auto", one_of("auto", "flash", "cudnn", "efficient", "math"))
+    # Float8 (tensorwise) linear layers in the blocks through torchao (CUDA, `aquila[gpu]`).
+    fp8: bool = False
     # The output head's cross-entropy: "chunked" computes the logits a chunk of tokens at a time
     # and again in the backward pass (never the whole tokens x vocab matrix); "full" holds them
     # all; "liger" is Liger Kernel's fused kernel (CUDA, optional dependency `aquila[gpu]`).

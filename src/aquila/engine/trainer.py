@@ -27,6 +27,7 @@ from aquila.engine.checkpoint import (
 )
 from aquila.engine.config import TrainConfig
 from aquila.engine.device import autocast_dtype, peak_flops, peak_memory_bytes
+from aquila.engine.levers import apply_fp8, check_device_levers, checkpoint_kwargs, sdpa_context
 from aquila.engine.optim import BatchRamp, LRSchedule, build_optimizer, set_lr
 from aquila.errors import SaveFailed
 from aquila.model.transformer import AquilaModel, flops_per_token
@@ -135,6 +136,12 @@ class Trainer:
         # "blocks" (each block its own graph); "eager-fallback" after a failed compile.
         self.compiled = "none"
         self._compile_checked = not t.compile
+        check_device_levers(t, self.device)
+        self._sdpa = functools.partial(sdpa_context, t.sdpa_backend)
+        if t.fp8:
+            if self.dist.world > 1:
+                raise refuse("train.fp8", True, "is planned for one process so far")
+            apply_fp8(model)  # before compile: the Float8 linears are traced with the rest
         if t.compile:
             self._compile()
         if t.activation_checkpointing:
@@ -278,7 +285,7 @@ class Trainer:
             batch_sources.append(batch.source_ids)
             batch_indices.append(batch.global_indices)
             data_wait += time.perf_counter() - t0
-            with self._autocast():
+            with self._autocast(), self._sdpa():
                 losses = self.loss_fn(inputs, targets)
                 aux = self._aux_loss()
             loss = losses.sum() / norm
@@ -416,11 +423,12 @@ class Trainer:
     def _wrap_activation_checkpointing(self) -> None:
         from torch.utils.checkpoint import checkpoint
 
+        extra = checkpoint_kwargs(self.cfg.train.ac_policy)
         for block in self.model.layers:
             forward = block.forward
 
             def wrapped(*args, _f=forward, **kwargs):
-                return checkpoint(_f, *args, use_reentrant=False, **kwargs)
+                return checkpoint(_f, *args, use_reentrant=False, **extra, **kwargs)
 
             block.forward = wrapped
 
