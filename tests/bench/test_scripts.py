@@ -28,8 +28,10 @@ def last_json(capsys) -> dict:
 
 def test_every_script_has_a_smoke_test():
     tested = {"checkpoint_stall", "cpu_vs_hf", "mixing_experiment", "scale_experiment"}
+    tested |= {"gpu_check"}
     helpers = {"heldout"}  # imported by the experiments, no command of its own
     assert {p.stem for p in BENCH.glob("*.py")} == tested | helpers
+    assert {p.name for p in BENCH.glob("*.sh")} == {"gpu_check.sh"}
 
 
 def test_checkpoint_stall(capsys):
@@ -80,3 +82,35 @@ def test_cpu_vs_hf_compiled(capsys):
     assert script.main([*argv, "--warmup", "1", "--peak-seconds", "0.05", "--json"]) == 0
     out = last_json(capsys)
     assert out["speedup_vs_hf_compiled"] > 0
+
+
+def test_gpu_check_skips_cleanly_without_a_gpu(tmp_path):
+    import os
+    import subprocess
+
+    out = tmp_path / "gpu.json"
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run(
+        ["bash", str(BENCH / "gpu_check.sh"), "--out", str(out)],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(out.read_text())
+    assert report["device"] is None and "no CUDA device" in report["skipped"]
+    assert report["parts"] and all(p["status"] == "skipped" for p in report["parts"].values())
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == report
+
+
+def test_gpu_check_parts_are_valid_commands():
+    """Each benchmark the GPU check runs parses as an `aquila bench` call and its config
+    overrides validate, so a typo shows here, not on the GPU machine."""
+    from aquila.cli import build_parser
+    from aquila.engine.config import load_config
+
+    script = load("gpu_check")
+    for args in script.BENCHES.values():
+        ns = build_parser().parse_args(["bench", *args])
+        load_config(None, [f"model.preset='{ns.preset}'", *ns.overrides])
+    compile(script.INT4_AND_GENERATION, "int4_and_generation", "exec")
+    with pytest.raises(SystemExit):
+        script.main(["--parts", "nope"])
