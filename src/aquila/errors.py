@@ -16,6 +16,8 @@ Exit codes of every `aquila` command:
 5     the run directory is in use by another training (:class:`RunDirBusy`)
 6     ``aquila control ... --wait``: the training rejected the command (the reason is printed)
 7     ``aquila control ... --wait``: the command is still pending at ``--timeout``
+8     ``train.compile`` was asked for and torch.compile failed (:class:`CompileFailed`);
+      ``train.compile_fallback = true`` trains eagerly instead
 130   interrupted (Ctrl-C or SIGTERM; a training saves a checkpoint first)
 ====  ===============================================================================
 """
@@ -28,6 +30,7 @@ EXIT_SAVE_FAILED = 4
 EXIT_RUN_BUSY = 5
 EXIT_COMMAND_REJECTED = 6
 EXIT_COMMAND_PENDING = 7
+EXIT_COMPILE_FAILED = 8
 EXIT_INTERRUPTED = 130
 
 
@@ -67,6 +70,12 @@ class SaveFailed(ReportedError):
     is still the latest: exit code 4."""
 
     exit_code = EXIT_SAVE_FAILED
+
+
+class CompileFailed(ReportedError):
+    """torch.compile failed on the first step of a run that asked for it: exit code 8."""
+
+    exit_code = EXIT_COMPILE_FAILED
 
 
 def require(condition: bool, message: str) -> None:

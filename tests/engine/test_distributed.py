@@ -139,6 +139,18 @@ def test_parallel_layouts_match_one_process(make_config, tmp_path, nproc, tp, re
 
 @pytest.mark.distributed
 @pytest.mark.parametrize("tp", [1, 2], ids=["fsdp2", "tp2"])
+def test_chunked_loss_on_two_processes_matches_full_logits(make_config, tmp_path, tp):
+    """The chunked cross-entropy under FSDP2 (the head gathered for token_losses) and under TP
+    trains like one process holding the full logits: same losses, same weights."""
+    t = Twin(make_config, tmp_path, 2, "train.loss='full'")
+    l1 = t.resume(t.a, 4, "one")
+    got = t.torchrun(2, 4, "train.loss='chunked'", "train.loss_chunk_tokens=24", f"train.tp={tp}")
+    _same(l1, got, [3, 4])
+    _same_weights(t.a, t.b, 4)
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("tp", [1, 2], ids=["fsdp2", "tp2"])
 def test_background_checkpoints_on_two_processes(make_config, tmp_path, tp):
     """train.async_checkpoint on 2 processes (FSDP2, or TP whose embedding and norms are plain
     tensors): training goes on while DCP writes the shards; each checkpoint holds its own step's

@@ -13,7 +13,7 @@ import torch
 from aquila.data.batches import Batch
 from aquila.engine.callbacks import Callback
 from aquila.engine.config import load_config
-from aquila.engine.device import pick_device
+from aquila.engine.device import peak_memory_bytes, pick_device
 from aquila.engine.trainer import Trainer
 from aquila.model.transformer import flops_per_token
 
@@ -89,6 +89,7 @@ def run_benchmark(
     device: str = "auto",
     overrides: list[str] | None = None,
     run_dir: Path | None = None,
+    peak_seconds: float = 2.0,
 ) -> dict[str, Any]:
     dev = pick_device(device)
     cfg = load_config(
@@ -119,7 +120,8 @@ def run_benchmark(
         [timer],
         device=dev,
     )
-    trainer.save = lambda: None  # a benchmark writes no checkpoints
+    # A benchmark writes no checkpoints (not even the final one ``fit`` ends with).
+    trainer.save = lambda wait=False: None
     trainer.fit()
     step_s = float(np.median(timer.times))
     tokens_per_s = batch * seq_len / step_s
@@ -130,6 +132,8 @@ def run_benchmark(
         "seq_len": seq_len,
         "batch": batch,
         "compile": compile,
+        "compiled": trainer.compiled,
+        "loss": cfg.train.loss,
         "steps_timed": len(timer.times),
         "params": model.num_params(),
         "flops_per_token": fpt,
@@ -137,13 +141,15 @@ def run_benchmark(
         "tokens_per_s": tokens_per_s,
         "achieved_flops": tokens_per_s * fpt,
         "data_wait_fraction": float(np.sum(timer.waits) / max(np.sum(timer.times), 1e-9)),
-        "peak_memory": torch.cuda.max_memory_allocated(dev) if dev.type == "cuda" else None,
+        # CUDA: max allocated bytes; CPU: the process's maximum RSS (everything it holds).
+        "peak_memory": peak_memory_bytes(dev),
+        "peak_memory_kind": "cuda max_memory_allocated" if dev.type == "cuda" else "max RSS",
     }
     if trainer.peak:
         out["peak_flops"] = trainer.peak
         out["mfu"] = out["achieved_flops"] / trainer.peak
     else:
-        out["peak_flops"] = matmul_peak(dev)
+        out["peak_flops"] = matmul_peak(dev, seconds=peak_seconds)
         out["peak_kind"] = "measured fp32 2048x2048 matmul"
         out["mfu"] = out["achieved_flops"] / out["peak_flops"]
     return out

@@ -89,7 +89,23 @@ class TrainSection:
     # "auto": bf16 autocast on CUDA, fp32 on CPU. Or "float32" / "bfloat16".
     dtype: str = rule("auto", one_of("auto", "float32", "fp32", "bfloat16", "bf16"))
     compile: bool = False
+    # When torch.compile fails (no C++ toolchain, an unsupported op): train eagerly, saying so,
+    # instead of stopping the run with the compiler's error (exit code 8).
+    compile_fallback: bool = False
     activation_checkpointing: bool = False
+    # With activation_checkpointing: "full" recomputes each block; "selective" keeps the matmul
+    # and attention outputs and recomputes only the elementwise work.
+    ac_policy: str = rule("full", one_of("full", "selective"))
+    # The fused attention kernel SDPA may use; "auto": PyTorch's choice (flash, cudnn: CUDA only).
+    sdpa_backend: str = rule("auto", one_of("auto", "flash", "cudnn", "efficient", "math"))
+    # Float8 (tensorwise) linear layers in the blocks through torchao (CUDA, `aquila[gpu]`).
+    fp8: bool = False
+    # The output head's cross-entropy: "chunked" computes the logits a chunk of tokens at a time
+    # and again in the backward pass (never the whole tokens x vocab matrix); "full" holds them
+    # all; "liger" is Liger Kernel's fused kernel (CUDA, optional dependency `aquila[gpu]`).
+    loss: str = rule("chunked", one_of("chunked", "full", "liger"))
+    # Tokens per chunk of the chunked loss (0: as many as fit 64 MiB of fp32 logits).
+    loss_chunk_tokens: int = rule(0, integer(at_least=0))
     seed: int = rule(0, integer(at_least=0))
     log_every: int = rule(10, integer(at_least=1))
     # A checkpoint every this many steps (0: only at the end of the run).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import random
 import sys
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from aquila.checks import refuse
 from aquila.engine.callbacks import Callback
 from aquila.engine.checkpoint import (
     latest_checkpoint,
@@ -25,6 +27,7 @@ from aquila.engine.checkpoint import (
 )
 from aquila.engine.config import TrainConfig
 from aquila.engine.device import autocast_dtype, peak_flops, peak_memory_bytes
+from aquila.engine.levers import apply_fp8, check_device_levers, checkpoint_kwargs, sdpa_context
 from aquila.engine.optim import BatchRamp, LRSchedule, build_optimizer, set_lr
 from aquila.errors import SaveFailed
 from aquila.model.transformer import AquilaModel, flops_per_token
@@ -59,6 +62,26 @@ class DistInfo:
         return self.rank // self.tp
 
 
+def _is_compile_error(exc: BaseException) -> bool:
+    """An error raised by dynamo, AOT autograd or a compiler backend (not by the model)."""
+    from torch._dynamo.exc import BackendCompilerFailed, TorchDynamoException
+
+    if isinstance(exc, (BackendCompilerFailed, TorchDynamoException)):
+        return True
+    try:
+        from torch._inductor.exc import InductorError
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(exc, InductorError)
+
+
+def _first_line(exc: BaseException) -> str:
+    """The compiler's own error, in one line: a backend's failure is wrapped by dynamo."""
+    inner = getattr(exc, "inner_exception", None) or exc
+    lines = [line.strip() for line in str(inner).splitlines() if line.strip()]
+    return f"{type(inner).__name__}: {lines[0] if lines else ''}"[:300]
+
+
 class Trainer:
     def __init__(
         self,
@@ -76,8 +99,6 @@ class Trainer:
         self.dist = dist or DistInfo()
         self.model = model
         self.train_model: torch.nn.Module = model
-        # The loss function the step calls: the model's own, or its compiled form.
-        self.loss_fn = model.token_losses
         self.data = data
         self.run_dir = run_dir
         self.callbacks = list(callbacks or [])
@@ -93,6 +114,10 @@ class Trainer:
         self.state = TrainState()
         self.history: list[dict[str, Any]] = []  # applied commands, checkpointed with the run
         self.amp_dtype = autocast_dtype(self.device, t.dtype)
+        if t.loss == "liger" and self.device.type != "cuda":
+            raise refuse("train.loss", t.loss, "needs a CUDA device; 'chunked' is the same on CPU")
+        # The loss function the step calls: the model's own, or its compiled form.
+        self.loss_fn = self._eager_loss_fn()
         self.peak = peak_flops(self.device)
         self.flops_per_token = flops_per_token(model.cfg, cfg.data.seq_len)
         self._stop_reason: str | None = None
@@ -107,6 +132,16 @@ class Trainer:
         self.checkpoint_state = TrainState()
         self._pending_save: PendingCheckpoint | None = None
         self._checkpoint_group = None  # gloo group for background DCP writes
+        # What torch.compile covers: "none", "model" (blocks, head and loss in one graph) or
+        # "blocks" (each block its own graph); "eager-fallback" after a failed compile.
+        self.compiled = "none"
+        self._compile_checked = not t.compile
+        check_device_levers(t, self.device)
+        self._sdpa = functools.partial(sdpa_context, t.sdpa_backend)
+        if t.fp8:
+            if self.dist.world > 1:
+                raise refuse("train.fp8", True, "is planned for one process so far")
+            apply_fp8(model)  # before compile: the Float8 linears are traced with the rest
         if t.compile:
             self._compile()
         if t.activation_checkpointing:
@@ -205,6 +240,21 @@ class Trainer:
         return reason
 
     def train_step(self) -> dict[str, Any]:
+        if self._compile_checked:
+            return self._train_step()
+        # The first step compiles (forward and backward graphs): a failure is the compiler's.
+        try:
+            out = self._train_step()
+        except Exception as exc:
+            if not _is_compile_error(exc):
+                raise
+            self._compile_failed(exc)
+            self.optimizer.zero_grad(set_to_none=True)
+            out = self._train_step()  # nothing of the failed attempt was applied
+        self._compile_checked = True
+        return out
+
+    def _train_step(self) -> dict[str, Any]:
         t = self.cfg.train
         global_batch = self.ramp.size_at(self.state.step)
         local = global_batch // self.dist.dp_world
@@ -235,7 +285,7 @@ class Trainer:
             batch_sources.append(batch.source_ids)
             batch_indices.append(batch.global_indices)
             data_wait += time.perf_counter() - t0
-            with self._autocast():
+            with self._autocast(), self._sdpa():
                 losses = self.loss_fn(inputs, targets)
                 aux = self._aux_loss()
             loss = losses.sum() / norm
@@ -329,28 +379,56 @@ class Trainer:
         torch._foreach_mul_(local_tensors([p.grad for p in params]), coef)
         return norm
 
-    def _compile(self) -> None:
-        import torch._dynamo
+    def _eager_loss_fn(self):
+        t = self.cfg.train
+        return functools.partial(
+            self.model.token_losses, impl=t.loss, chunk_tokens=t.loss_chunk_tokens
+        )
 
-        # A machine without a working compiler toolchain trains eagerly instead of failing.
-        torch._dynamo.config.suppress_errors = True
+    def _compile(self) -> None:
         if self.dist.world == 1 and not self.cfg.train.activation_checkpointing:
             # One graph for blocks, head and loss: the elementwise work around the matmuls and
             # the log-softmax fuse (measured 18% faster than per-block graphs on CPU).
-            self.loss_fn = torch.compile(self.model.token_losses)
+            self.loss_fn = torch.compile(self.loss_fn)
+            self.compiled = "model"
         else:
             # Per block under FSDP/checkpointing: compile time flat in depth, graphs reused.
             for block in self.model.layers:
                 block.compile()
+            self.compiled = "blocks"
+        self.record("compile", scope=self.compiled)
+
+    def _compile_failed(self, exc: BaseException) -> None:
+        """Stop with the compiler's error, or (``train.compile_fallback``) go on eagerly."""
+        from aquila.errors import CompileFailed
+
+        cause = _first_line(exc)
+        if not self.cfg.train.compile_fallback:
+            raise CompileFailed(
+                f"torch.compile failed ({self.compiled}): {cause}; set "
+                "train.compile_fallback = true to train eagerly instead, or train.compile = false"
+            ) from exc
+        self.loss_fn = self._eager_loss_fn()
+        for block in self.model.layers:
+            block._compiled_call_impl = None  # what nn.Module.compile set
+        self.record("compile-fallback", scope=self.compiled, error=cause)
+        self.compiled = "eager-fallback"
+        if self.is_main:
+            print(
+                f"aquila: warning: torch.compile failed, training eagerly: {cause}",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def _wrap_activation_checkpointing(self) -> None:
         from torch.utils.checkpoint import checkpoint
 
+        extra = checkpoint_kwargs(self.cfg.train.ac_policy)
         for block in self.model.layers:
             forward = block.forward
 
             def wrapped(*args, _f=forward, **kwargs):
-                return checkpoint(_f, *args, use_reentrant=False, **kwargs)
+                return checkpoint(_f, *args, use_reentrant=False, **extra, **kwargs)
 
             block.forward = wrapped
 

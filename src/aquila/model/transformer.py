@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from aquila.model.config import ModelConfig
 from aquila.model.layers import Attention, KVCache, RMSNorm, SwiGLU, rope_tables
+from aquila.model.loss import linear_cross_entropy
 
 
 class Block(nn.Module):
@@ -102,17 +102,20 @@ class AquilaModel(nn.Module):
         """Logits of shape (B, T, vocab)."""
         return self.lm_head(self.hidden_states(tokens, cache))
 
-    def token_losses(self, tokens: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Cross-entropy per position, shape (B, T), in fp32; targets < 0 are ignored (loss 0)."""
+    def token_losses(
+        self,
+        tokens: torch.Tensor,
+        targets: torch.Tensor,
+        impl: str = "chunked",
+        chunk_tokens: int = 0,
+    ) -> torch.Tensor:
+        """Cross-entropy per position, shape (B, T), in fp32; targets < 0 are ignored (loss 0).
+
+        ``impl``: "chunked" (default) never holds the (tokens x vocab) logits, recomputing them
+        a chunk at a time in backward; "full" materialises them; "liger" is Liger Kernel's
+        fused kernel on CUDA (see :mod:`aquila.model.loss`)."""
         h = self.hidden_states(tokens)
-        logits = self.lm_head(h).float()
-        losses = F.cross_entropy(
-            logits.view(-1, logits.shape[-1]),
-            targets.reshape(-1),
-            reduction="none",
-            ignore_index=-100,
-        )
-        return losses.view(targets.shape)
+        return linear_cross_entropy(h, self.lm_head.weight, targets, impl, chunk_tokens)
 
     def new_cache(self, batch: int, max_len: int | None = None) -> KVCache:
         p = self.embed_tokens.weight
