@@ -1,0 +1,155 @@
+"""optim.name = "muon": torch's Muon arithmetic on the blocks' matrices (each expert on its own),
+AdamW on the rest, one schedule, checkpointed and exactly resumable."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+
+from aquila.engine.callbacks import Callback
+from aquila.engine.checkpoint import list_checkpoints
+from aquila.engine.config import OptimConfig, load_config
+from aquila.engine.muon import Muon, MuonWithAdamW
+from aquila.engine.optim import build_optimizer, hidden_matrices, set_lr, single_process_order
+from aquila.engine.run import prepare_run
+from aquila.errors import UserError
+from aquila.model import get_preset
+
+
+class Record(Callback):
+    def __init__(self):
+        self.losses = {}
+
+    def on_step(self, trainer, metrics):
+        self.losses[metrics["step"]] = metrics["loss"]
+
+
+class CrashAfter(Callback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_step(self, trainer, metrics):
+        if metrics["step"] == self.step:
+            raise RuntimeError("simulated kill")
+
+
+def _grads(params, seed):
+    g = torch.Generator().manual_seed(seed)
+    for p in params:
+        p.grad = torch.randn(p.shape, generator=g)
+
+
+def test_matrix_steps_are_torch_muon_exactly():
+    kwargs = dict(lr=0.02, weight_decay=0.1, momentum=0.95, adjust_lr_fn="match_rms_adamw")
+    a = [
+        torch.nn.Parameter(torch.randn(s, generator=torch.Generator().manual_seed(i)))
+        for i, s in enumerate([(16, 8), (8, 16), (12, 12)])
+    ]
+    b = [torch.nn.Parameter(p.detach().clone()) for p in a]
+    ours, theirs = Muon(a, **kwargs), torch.optim.Muon(b, **kwargs)
+    for step in range(3):
+        _grads(a, step), _grads(b, step)
+        ours.step(), theirs.step()
+    for p, q in zip(a, b):
+        assert torch.equal(p, q)
+    assert torch.equal(ours.state[a[0]]["momentum_buffer"], theirs.state[b[0]]["momentum_buffer"])
+
+
+def test_an_expert_stack_is_orthogonalised_expert_by_expert():
+    kwargs = dict(lr=0.02, weight_decay=0.1, adjust_lr_fn="match_rms_adamw")
+    stack = torch.nn.Parameter(torch.randn(3, 10, 6, generator=torch.Generator().manual_seed(0)))
+    experts = [torch.nn.Parameter(e.detach().clone()) for e in stack]
+    ours, theirs = Muon([stack], **kwargs), torch.optim.Muon(experts, **kwargs)
+    for step in range(2):
+        _grads([stack], step)
+        for e, g in zip(experts, stack.grad):
+            e.grad = g.clone()
+        ours.step(), theirs.step()
+    for e, mine in zip(experts, stack):
+        assert torch.equal(mine, e)
+
+
+def test_hidden_matrices_take_muon_the_rest_adamw():
+    model = get_preset("aquila-moe-test").build()
+    opt = build_optimizer(model, OptimConfig(name="muon", lr=1e-3))
+    assert isinstance(opt, MuonWithAdamW)
+    adamw, muon = opt.optimizers
+    names = {id(p): n for n, p in model.named_parameters()}
+    in_muon = {names[id(p)] for g in muon.param_groups for p in g["params"]}
+    in_adamw = {names[id(p)] for g in adamw.param_groups for p in g["params"]}
+    assert in_muon | in_adamw == set(names.values()) and not in_muon & in_adamw
+    assert "layers.0.self_attn.q_proj.weight" in in_muon and "layers.1.mlp.w2" in in_muon
+    for n in ("embed_tokens.weight", "lm_head.weight", "norm.weight", "layers.0.mlp.gate.weight"):
+        assert n in in_adamw  # router, embeddings, head, norms
+    assert all(g["adjust_lr_fn"] == "match_rms_adamw" for g in muon.param_groups)
+    # One lr for all groups (the schedule's), and a one-process state in the documented order.
+    set_lr(opt, 5e-4)
+    assert {g["lr"] for g in adamw.param_groups + muon.param_groups} == {5e-4}
+    order = single_process_order(model, "muon")
+    flat = [names[id(p)] for g in opt.param_groups for p in g["params"]]
+    assert order == flat and len(hidden_matrices(model)) == len(in_muon)
+
+
+def test_state_dict_round_trip_continues_identically():
+    torch.manual_seed(0)
+    model = get_preset("aquila-test").build()
+    opt = build_optimizer(model, OptimConfig(name="muon", lr=1e-3))
+    x = torch.randint(0, 512, (2, 17))
+
+    def step(m, o):
+        m.token_losses(x[:, :-1], x[:, 1:]).mean().backward()
+        o.step()
+        o.zero_grad()
+
+    step(model, opt)
+    twin = get_preset("aquila-test").build()
+    twin.load_state_dict(model.state_dict())
+    twin_opt = build_optimizer(twin, OptimConfig(name="muon", lr=1e-3))
+    # A copy, as from a file: loading keeps tensors of the right dtype as they are (shared).
+    twin_opt.load_state_dict(copy.deepcopy(opt.state_dict()))
+    step(model, opt), step(twin, twin_opt)
+    for (n, p), q in zip(model.named_parameters(), twin.parameters()):
+        assert torch.equal(p, q), n
+    with pytest.raises(ValueError, match="parameter groups"):
+        opt.load_state_dict(build_optimizer(twin, OptimConfig()).state_dict())
+
+
+def test_optimizer_name_is_checked(tmp_path):
+    with pytest.raises(UserError, match=r"optim.name = 'sgd': must be one of"):
+        load_config(overrides=["optim.name='sgd'"])
+    with pytest.raises(UserError, match=r"optim.muon_momentum = 1.5"):
+        load_config(overrides=["optim.name='muon'", "optim.muon_momentum=1.5"])
+
+
+def test_muon_run_trains_and_resumes_bit_identically(make_config, tmp_path):
+    straight = Record()
+    cfg = make_config(
+        "optim.name='muon'",
+        "optim.lr=1e-2",
+        "optim.warmup_steps=2",
+        "model.preset='aquila-moe-test'",
+        run_dir=tmp_path / "a",
+    )
+    prepare_run(cfg, callbacks=[straight], quiet=True).trainer.fit()
+    assert straight.losses[6] < straight.losses[1] - 0.1 and math.isfinite(straight.losses[6])
+
+    first = Record()
+    cfg = make_config(
+        "optim.name='muon'",
+        "optim.lr=1e-2",
+        "optim.warmup_steps=2",
+        "model.preset='aquila-moe-test'",
+        run_dir=tmp_path / "b",
+    )
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        prepare_run(cfg, callbacks=[first, CrashAfter(4)], quiet=True).trainer.fit()
+    assert [s for s, _ in list_checkpoints(tmp_path / "b")] == [3]
+    second = Record()
+    resumed = prepare_run(resume=tmp_path / "b", callbacks=[second], quiet=True)
+    assert isinstance(resumed.trainer.optimizer, MuonWithAdamW)
+    resumed.trainer.fit()
+    merged = {**{k: v for k, v in first.losses.items() if k <= 3}, **second.losses}
+    assert merged == straight.losses  # bit-identical, step for step
