@@ -46,7 +46,7 @@ def test_matrix_steps_are_torch_muon_exactly():
     kwargs = dict(lr=0.02, weight_decay=0.1, momentum=0.95, adjust_lr_fn="match_rms_adamw")
     a = [
         torch.nn.Parameter(torch.randn(s, generator=torch.Generator().manual_seed(i)))
-        for i, s in enumerate([(16, 8), (8, 16), (12, 12)])
+        for i, s in enumerate([(16, 8), (8, 16), (12, 12), (16, 8), (12, 12)])
     ]
     b = [torch.nn.Parameter(p.detach().clone()) for p in a]
     ours, theirs = Muon(a, **kwargs), torch.optim.Muon(b, **kwargs)

