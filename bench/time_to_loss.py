@@ -87,7 +87,9 @@ class Curve(Callback):
         self._last = time.perf_counter()
 
 
-def default_run_sets(args, name: str, lr: float, seed: int, run_dir: Path) -> list[str]:
+def default_run_sets(
+    args, name: str, lr: float, seed: int, run_dir: Path, extra: bool = True
+) -> list[str]:
     from aquila.engine.commands import DEFAULT_RUN
 
     warmup = max(1, round(DEFAULT_WARMUP * args.steps / DEFAULT_STEPS))
@@ -112,7 +114,7 @@ def default_run_sets(args, name: str, lr: float, seed: int, run_dir: Path) -> li
             "data.seq_len=32",
             "train.batch_size=2",
         ]
-    return sets + list(args.sets)
+    return sets + (list(args.sets) if extra else [])
 
 
 def train(args, env: dict, name: str, lr: float, seed: int) -> dict:
@@ -148,12 +150,13 @@ def train(args, env: dict, name: str, lr: float, seed: int) -> dict:
 
 def interleaved_step_cost(args, rounds: int) -> dict:
     """Seconds per forward+backward and per optimizer step of each kind, on one model with the
-    same gradients, the kinds alternated round by round (medians)."""
+    same gradients, the kinds alternated round by round (medians). Always the default run's
+    shape and batch (``--set`` overrides do not apply): the cost of the run users get."""
     from aquila.engine.config import load_config
     from aquila.engine.optim import build_optimizer
     from aquila.model.transformer import AquilaModel
 
-    cfg = load_config(None, default_run_sets(args, "adamw", 3e-3, 0, Path("unused")))
+    cfg = load_config(None, default_run_sets(args, "adamw", 3e-3, 0, Path("unused"), False))
     torch.manual_seed(0)
     model = AquilaModel(cfg.model)
     opts = {

@@ -75,6 +75,10 @@ class OptimConfig:
     # serve the matrices too) or "original" (lr * sqrt(max(1, A / B)); wants a Muon-sized lr,
     # ~0.02, which then also drives the AdamW parameters).
     muon_adjust_lr: str = rule("match_rms_adamw", one_of("match_rms_adamw", "original"))
+    # The Newton-Schulz arithmetic: "bfloat16" (torch's; fast) or "float32" (about 2x the cost
+    # on CPU; multi-process layouts then agree with one process to float rounding, where
+    # bfloat16 turns the reductions' last-bit differences into ~1e-4 weight differences).
+    muon_ns_dtype: str = rule("bfloat16", one_of("bfloat16", "float32"))
 
     def validate(self, section: str = "optim") -> None:
         check_fields(self, section)

@@ -38,7 +38,9 @@ def _is_dtensor(t: torch.Tensor) -> bool:
 class Muon(torch.optim.Muon):
     """``torch.optim.Muon`` that also takes expert stacks (3-D) and sharded matrices (DTensors)."""
 
-    def __init__(self, params: list[torch.Tensor], **kwargs: Any) -> None:
+    def __init__(
+        self, params: list[torch.Tensor], ns_dtype: torch.dtype = torch.bfloat16, **kwargs: Any
+    ) -> None:
         if any(p.ndim not in (2, 3) for p in params):
             raise ValueError("Muon takes matrices and stacks of matrices only")
         # torch's constructor validates the hyperparameters but refuses anything but matrices:
@@ -46,7 +48,7 @@ class Muon(torch.optim.Muon):
         # first, then the stacks, go to the base class.
         defaults = torch.optim.Muon([torch.nn.Parameter(torch.zeros(1, 1))], **kwargs).defaults
         ordered = [p for p in params if p.ndim == 2] + [p for p in params if p.ndim == 3]
-        torch.optim.Optimizer.__init__(self, ordered, defaults)
+        torch.optim.Optimizer.__init__(self, ordered, {**defaults, "ns_dtype": ns_dtype})
 
     @torch.no_grad()
     def step(self, closure=None):  # noqa: ANN001, ANN201 - torch's signature
@@ -100,12 +102,12 @@ def _orthogonalise(updates: list[torch.Tensor], group: dict[str, Any]) -> list[t
 
 
 def _newton_schulz(ms: list[torch.Tensor], group: dict[str, Any]) -> list[torch.Tensor]:
-    """torch's ``_zeropower_via_newtonschulz`` (bf16, tall matrices transposed to wide, Frobenius
+    """torch's ``_zeropower_via_newtonschulz`` (bf16 or the group's ``ns_dtype``, tall matrices transposed to wide, Frobenius
     normalisation, quintic iteration) on tensors of one matrix shape, matrices and expert stacks
     (E matrices each) alike, in one batch."""
     a, b, c = group["ns_coefficients"]
     rows, cols = ms[0].shape[-2:]
-    x = torch.cat([m.reshape(-1, rows, cols) for m in ms]).bfloat16()
+    x = torch.cat([m.reshape(-1, rows, cols) for m in ms]).to(group.get("ns_dtype", torch.bfloat16))
     if rows > cols:
         x = x.mT
     x = x / x.norm(dim=(-2, -1), keepdim=True).clamp(min=group["eps"])

@@ -65,6 +65,7 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer
             nesterov=True,
             ns_steps=cfg.muon_ns_steps,
             adjust_lr_fn=cfg.muon_adjust_lr,
+            ns_dtype=getattr(torch, cfg.muon_ns_dtype),
         ),
     )
 
