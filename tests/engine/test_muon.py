@@ -153,3 +153,66 @@ def test_muon_run_trains_and_resumes_bit_identically(make_config, tmp_path):
     resumed.trainer.fit()
     merged = {**{k: v for k, v in first.losses.items() if k <= 3}, **second.losses}
     assert merged == straight.losses  # bit-identical, step for step
+
+
+def _monitor_tests():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "monitor" / "test_run.py"
+    spec = importlib.util.spec_from_file_location("monitor_test_run_for_muon", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_spike_skip_policy_drops_the_muon_step(make_config, tmp_path):
+    """The monitor's spike policy (skip: no optimizer step for the planted batch) and its
+    per-source losses work on a Muon run as on an AdamW one."""
+    mod = _monitor_tests()
+
+    def muon_config(*overrides, run_dir=None):
+        return make_config("optim.name='muon'", *overrides, run_dir=run_dir)
+
+    run, monitor, bad_step, _ = mod._spike_run(muon_config, "skip", tmp_path, log_every=5)
+    assert isinstance(run.trainer.optimizer, MuonWithAdamW)
+    assert run.trainer.fit() == "completed"
+    spikes = [f for f in monitor.findings if f["kind"] == "spike"]
+    assert spikes and spikes[0]["step"] == bad_step and spikes[0]["action"] == "skip"
+    rows = mod.store.latest_metrics(mod.store.open_db(run.run_dir))
+    assert set(rows[-1]["source_loss"]) == {"kjv", "news"}
+    assert math.isfinite(rows[-1]["loss"]) and rows[-1]["loss"] < math.log(512)
+
+
+def test_init_from_a_muon_run_starts_fresh_muon_state(make_config, tmp_path):
+    """A grown or upcycled model dir, or a Muon run's checkpoint, gives weights only: the new
+    Muon run starts at step 0 with no momentum, and its first loss is the source's."""
+    from aquila.model.io import load_model_dir, resolve_model_dir, save_model_dir
+    from aquila.scale import upcycle
+    from aquila.tokenizer import Tokenizer
+
+    source = tmp_path / "source"
+    prepare_run(
+        make_config("optim.name='muon'", "train.max_steps=3", run_dir=source), quiet=True
+    ).trainer.fit()
+    dense = load_model_dir(resolve_model_dir(source))
+    moe_dir = save_model_dir(
+        upcycle(dense, n_experts=4, top_k=2), tmp_path / "moe", Tokenizer.load(source / "tokenizer")
+    )
+    for start in (source, moe_dir):
+        first = Record()
+        cfg = make_config(
+            "optim.name='muon'",
+            f"train.init_from='{start}'",
+            "train.max_steps=2",
+            run_dir=tmp_path / f"from-{start.name}",
+        )
+        run = prepare_run(cfg, callbacks=[first], quiet=True, monitor=False)
+        assert run.trainer.state.step == 0 and not run.trainer.optimizer.state
+        run.trainer.fit()
+        momentum = [
+            s["momentum_buffer"] for s in run.trainer.optimizer.optimizers[1].state.values()
+        ]
+        assert momentum and all(torch.isfinite(m).all() for m in momentum)
+        if start == moe_dir:  # experts are Muon's too, each its own matrix
+            assert run.cfg.model.n_experts == 4
