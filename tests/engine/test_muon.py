@@ -216,3 +216,15 @@ def test_init_from_a_muon_run_starts_fresh_muon_state(make_config, tmp_path):
         assert momentum and all(torch.isfinite(m).all() for m in momentum)
         if start == moe_dir:  # experts are Muon's too, each its own matrix
             assert run.cfg.model.n_experts == 4
+
+
+@pytest.mark.parametrize(("saved", "resumed"), [("muon", "adamw"), ("adamw", "muon")])
+def test_resume_with_another_optimizer_is_refused_in_one_line(
+    make_config, tmp_path, saved, resumed
+):
+    cfg = make_config(f"optim.name='{saved}'", "train.max_steps=1", run_dir=tmp_path / "r")
+    prepare_run(cfg, quiet=True, monitor=False).trainer.fit()
+    with pytest.raises(UserError, match=f"does not fit optim.name = '{resumed}'"):
+        prepare_run(
+            resume=tmp_path / "r", overrides=[f"optim.name='{resumed}'"], quiet=True, monitor=False
+        )
