@@ -228,3 +228,26 @@ def test_resume_with_another_optimizer_is_refused_in_one_line(
         prepare_run(
             resume=tmp_path / "r", overrides=[f"optim.name='{resumed}'"], quiet=True, monitor=False
         )
+
+
+def test_set_lr_command_scales_both_optimizers(make_config):
+    from aquila.engine.rundb import RunDB
+
+    run = prepare_run(
+        make_config("optim.name='muon'", "train.max_steps=2", "train.checkpoint_every=0"),
+        quiet=True,
+    )
+    RunDB(run.run_dir).enqueue("set-lr", scale=0.5)
+    seen = {}
+
+    class Lrs(Callback):
+        def before_optimizer(self, trainer, info):
+            seen[trainer.state.step] = [g["lr"] for g in trainer.optimizer.param_groups]
+
+    run.trainer.callbacks.append(Lrs())
+    run.trainer.fit()
+    adamw, muon = run.trainer.optimizer.optimizers
+    assert len(seen[1]) == len(adamw.param_groups) + len(muon.param_groups)
+    for step, lrs in seen.items():  # every group of both at the schedule's (halved) lr
+        assert lrs == [pytest.approx(run.trainer.schedule(step))] * len(lrs)
+        assert run.trainer.schedule(step) == pytest.approx(0.5 * run.trainer.schedule.base_lr(step))
