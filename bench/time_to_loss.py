@@ -305,7 +305,10 @@ def plot(report: dict, path: Path) -> Path:
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     s = report["setup"]
-    fig.suptitle(f"AdamW vs Muon, default run shape, {s['steps']} steps (dotted: AdamW's final)")
+    shape = ", ".join(s.get("sets") or []) or "default run shape"
+    fig.suptitle(
+        f"AdamW vs Muon, {shape}, {s['steps']} steps (dotted: AdamW's mean final)", fontsize=10
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     return path
