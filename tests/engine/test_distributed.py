@@ -165,6 +165,42 @@ def test_background_checkpoints_on_two_processes(make_config, tmp_path, tp):
     _same(l1, t.resume(t.b, 8, "res"), [7, 8])
 
 
+def _max_weight_diff(a: Path, b: Path, step: int) -> float:
+    from aquila.model.io import load_model_dir
+
+    w1 = load_model_dir(dict(list_checkpoints(a))[step]).state_dict()
+    w2 = load_model_dir(dict(list_checkpoints(b))[step]).state_dict()
+    return max(float((w1[k] - w2[k]).abs().max()) for k in w1)
+
+
+# A constant lr: the resumed steps train at the peak (a cosine over the first run's 2 steps
+# would leave them at the floor, where any update passes). Newton-Schulz in float32: in bfloat16
+# the reductions' last-bit differences flip roundings (measured: 4e-4 after 2 steps).
+MUON = (
+    "optim.name='muon'",
+    "optim.lr=1e-2",
+    "optim.warmup_steps=0",
+    "optim.schedule='constant'",
+    "optim.muon_ns_dtype='float32'",
+)
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("tp", [1, 2], ids=["fsdp2", "tp2"])
+def test_muon_on_two_processes_matches_one_process(make_config, tmp_path, tp):
+    """Muon under FSDP2 (matrices sharded by rows) and tensor parallelism (column- and row-wise
+    shards): each matrix is gathered whole for Newton-Schulz and its update cut back to the
+    shard, so two processes train like one; the one-process momentum scatters into the shards,
+    and the layout's sharded checkpoint (Muon and AdamW state) resumes on one process."""
+    t = Twin(make_config, tmp_path, 2, *MUON)
+    l1 = t.resume(t.a, 6, "one")
+    _same(l1, t.torchrun(2, 4, f"train.tp={tp}"), [3, 4])
+    assert _max_weight_diff(t.a, t.b, 4) < 1e-5
+    assert l1[6] < l1[3]
+    _same(l1, t.resume(t.b, 6, "res"), [5, 6])
+    assert _max_weight_diff(t.a, t.b, 6) < 1e-4  # two more steps for the differences to grow
+
+
 @pytest.mark.distributed
 def test_aquila_train_under_torchrun_speaks_once(make_config, tmp_path):
     """`aquila train` on two processes: rank 0 alone prints, and no FSDP warning about the

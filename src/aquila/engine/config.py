@@ -48,8 +48,13 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
-    """AdamW with warmup and cosine decay to a floor (Aquila2: 1.5e-4 -> 1.5e-5)."""
+    """AdamW (or Muon on the hidden matrices) with warmup and cosine decay to a floor
+    (Aquila2: AdamW, 1.5e-4 -> 1.5e-5)."""
 
+    # "adamw": AdamW on every parameter. "muon": Muon (orthogonalised momentum) on the blocks'
+    # attention and MLP matrices (each expert's on its own), AdamW on embeddings, output head,
+    # norms and routers; one ``lr`` and schedule serve both (see ``muon_adjust_lr``).
+    name: str = rule("adamw", one_of("adamw", "muon"))
     lr: float = rule(1.5e-4, number(above=0))
     # The floor of the cosine decay; at most ``lr``.
     min_lr: float = rule(1.5e-5, number(at_least=0))
@@ -62,6 +67,18 @@ class OptimConfig:
     warmup_steps: int = rule(100, integer(at_least=0))
     # "cosine" or "constant" (after warmup).
     schedule: str = rule("cosine", one_of("cosine", "constant"))
+    # Muon's momentum (Nesterov) and Newton-Schulz iterations.
+    muon_momentum: float = rule(0.95, number(at_least=0, below=1))
+    muon_ns_steps: int = rule(5, integer(at_least=1, at_most=99))
+    # How a matrix's step size follows its shape A x B: "match_rms_adamw" (Moonlight:
+    # lr * 0.2 * sqrt(max(A, B)), an update of AdamW's typical RMS, so AdamW's lr and weight decay
+    # serve the matrices too) or "original" (lr * sqrt(max(1, A / B)); wants a Muon-sized lr,
+    # ~0.02, which then also drives the AdamW parameters).
+    muon_adjust_lr: str = rule("match_rms_adamw", one_of("match_rms_adamw", "original"))
+    # The Newton-Schulz arithmetic: "bfloat16" (torch's; fast) or "float32" (about 2x the cost
+    # on CPU; multi-process layouts then agree with one process to float rounding, where
+    # bfloat16 turns the reductions' last-bit differences into ~1e-4 weight differences).
+    muon_ns_dtype: str = rule("bfloat16", one_of("bfloat16", "float32"))
 
     def validate(self, section: str = "optim") -> None:
         check_fields(self, section)

@@ -207,19 +207,19 @@ def load_sharded(trainer: Trainer, path: Path) -> dict[str, Any]:
         from aquila.model.io import load_weights_into, open_weights
 
         load_weights_into(model, open_weights(path))  # each rank its boxes of the weights
-        fqn_osd = _native_to_fqn(state.pop("optimizer"), model, optim)
+        fqn_osd = _native_to_fqn(state.pop("optimizer"), model, optim, trainer.cfg.optim.name)
         set_optimizer_state_dict(model, optim, fqn_osd, options=_options(full_state_dict=True))
     state["optimizer"] = optim.state_dict()  # already loaded; keeps load_state_dict's shape
     return state
 
 
-def _native_to_fqn(native: dict[str, Any], model, optim) -> dict[str, Any]:
+def _native_to_fqn(native: dict[str, Any], model, optim, name: str) -> dict[str, Any]:
     """A one-process optimizer state (params by position) -> keyed by parameter name, full
     tensors, in this optimizer's grouping. The positions follow the one-process grouping; this
     run's may differ (tensor parallelism splits the groups by device mesh)."""
     from aquila.engine.optim import single_process_order
 
-    order = single_process_order(model)
+    order = single_process_order(model, name)
     state = {order[int(i)]: s for i, s in native["state"].items()}
     saved_group = {order[int(i)]: g for g in native["param_groups"] for i in g["params"]}
     names = {id(p): n for n, p in model.named_parameters()}

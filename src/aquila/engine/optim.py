@@ -1,4 +1,5 @@
-"""AdamW with weight decay on matrices only, and the warmup + cosine learning-rate schedule."""
+"""The optimizer (AdamW with weight decay on matrices only, or Muon + AdamW) and the warmup +
+cosine learning-rate schedule."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import torch
 from torch import nn
 
 from aquila.engine.config import OptimConfig
+from aquila.engine.muon import Muon, MuonWithAdamW
 
 
 def _mesh_key(p: torch.Tensor) -> int | None:
@@ -20,15 +22,55 @@ def is_decayed(p: torch.Tensor) -> bool:
     return p.ndim >= 2
 
 
-def single_process_order(model: nn.Module) -> list[str]:
-    """Parameter names in the order of a one-process optimizer's state (decayed, then not):
-    how the positions in a one-process checkpoint's optimizer state map to names."""
+def hidden_matrices(model: nn.Module) -> set[int]:
+    """Ids of the parameters Muon trains: the blocks' matrices (attention and MLP projections,
+    expert stacks). Embeddings, the output head, norms and MoE routers are not among them: a
+    router's rows are per-expert scores, not a map between hidden spaces."""
+    from aquila.model.moe import MoEFFN
+
+    routers = {id(m.gate.weight) for m in model.modules() if isinstance(m, MoEFFN)}
+    return {
+        id(p)
+        for block in model.layers
+        for p in block.parameters()
+        if p.requires_grad and p.ndim >= 2 and id(p) not in routers
+    }
+
+
+def single_process_order(model: nn.Module, name: str = "adamw") -> list[str]:
+    """Parameter names in the order of a one-process optimizer's state (AdamW: decayed, then
+    not; Muon: AdamW's parameters so, then the matrices, then the expert stacks): how the
+    positions in a one-process checkpoint's optimizer state map to names."""
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    return [n for n, p in named if is_decayed(p)] + [n for n, p in named if not is_decayed(p)]
+    muon = hidden_matrices(model) if name == "muon" else set()
+    rest = [(n, p) for n, p in named if id(p) not in muon]
+    order = [n for n, p in rest if is_decayed(p)] + [n for n, p in rest if not is_decayed(p)]
+    hidden = [(n, p) for n, p in named if id(p) in muon]
+    return order + [n for n, p in hidden if p.ndim == 2] + [n for n, p in hidden if p.ndim == 3]
 
 
-def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
+def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer | MuonWithAdamW:
+    """``optim.name``'s optimizer over the model's trainable parameters."""
     params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.name != "muon":
+        return _adamw(params, cfg)
+    muon = hidden_matrices(model)
+    return MuonWithAdamW(
+        _adamw([p for p in params if id(p) not in muon], cfg),
+        Muon(
+            [p for p in params if id(p) in muon],
+            lr=cfg.lr,
+            weight_decay=cfg.weight_decay,
+            momentum=cfg.muon_momentum,
+            nesterov=True,
+            ns_steps=cfg.muon_ns_steps,
+            adjust_lr_fn=cfg.muon_adjust_lr,
+            ns_dtype=getattr(torch, cfg.muon_ns_dtype),
+        ),
+    )
+
+
+def _adamw(params: list[torch.Tensor], cfg: OptimConfig) -> torch.optim.AdamW:
     buckets: dict[tuple[bool, int | None], list[torch.Tensor]] = {}
     for p in params:
         buckets.setdefault((is_decayed(p), _mesh_key(p)), []).append(p)
@@ -94,7 +136,8 @@ class LRSchedule:
             setattr(self, k, v)
 
 
-def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+def set_lr(optimizer: torch.optim.Optimizer | MuonWithAdamW, lr: float) -> None:
+    # Muon's groups too: with "match_rms_adamw" one lr serves both (the shape rule scales it).
     for group in optimizer.param_groups:
         group["lr"] = lr
 

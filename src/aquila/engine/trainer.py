@@ -29,7 +29,7 @@ from aquila.engine.config import TrainConfig
 from aquila.engine.device import autocast_dtype, peak_flops, peak_memory_bytes
 from aquila.engine.levers import apply_fp8, check_device_levers, checkpoint_kwargs, sdpa_context
 from aquila.engine.optim import BatchRamp, LRSchedule, build_optimizer, set_lr
-from aquila.errors import SaveFailed
+from aquila.errors import SaveFailed, UserError
 from aquila.model.transformer import AquilaModel, flops_per_token
 
 if TYPE_CHECKING:
@@ -476,7 +476,14 @@ class Trainer:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.state = TrainState(**state["trainer"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (ValueError, KeyError) as exc:
+            # Another optimizer's state (optim.name changed on resume): say so in one line.
+            raise UserError(
+                f"the checkpoint's optimizer state does not fit optim.name = "
+                f"{self.cfg.optim.name!r} ({exc}); resume with the optimizer it was saved with"
+            ) from None
         self.schedule.load_state_dict(state["schedule"])
         self.history = list(state.get("history", []))
         rng = state["rng"]
