@@ -3,7 +3,8 @@
 The peer is what a user would write with transformers: ``LlamaForCausalLM`` (SDPA attention),
 ``torch.compile`` of the model and ``torch.optim.AdamW(fused=True)``, a plain loop with gradient
 clipping, same shape (a preset), batch, sequence length, fp32. aquila runs its own trainer with
-``train.compile = true`` (the default run's setting) and its default loss. Both in one process,
+the default run's ``train.compile = true`` and ``train.loss`` (``--set train.loss=chunked`` to
+time the chunked loss). Both in one process,
 timed alternately in rounds (median step time after warm-up), so a change in the machine's load
 hits both; the machine's fp32 matmul peak is measured first, so MFU is against what this CPU
 does. ``--eager`` adds both without compile; ``--profile`` prints where aquila's step goes
@@ -154,16 +155,18 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     peak = matmul_peak(torch.device("cpu"), seconds=args.peak_seconds)
+    from aquila.engine.commands import DEFAULT_RUN
+
+    # The default run's loss setting, unless --set says otherwise.
+    overrides = [o for o in DEFAULT_RUN if o.startswith("train.loss")] + args.overrides
     loops: dict = {}
     if not args.eager_only:
         loops["aquila_compiled"] = AquilaLoop(
-            args.preset, args.seq_len, args.batch, True, args.overrides
+            args.preset, args.seq_len, args.batch, True, overrides
         )
         loops["hf_compiled_fused_adamw"] = HFLoop(args.preset, args.seq_len, args.batch, True)
     if args.eager or args.eager_only:
-        loops["aquila_eager"] = AquilaLoop(
-            args.preset, args.seq_len, args.batch, False, args.overrides
-        )
+        loops["aquila_eager"] = AquilaLoop(args.preset, args.seq_len, args.batch, False, overrides)
         loops["hf_eager_fused_adamw"] = HFLoop(args.preset, args.seq_len, args.batch, False)
     step_s = time_side_by_side(loops, args.steps, args.warmup)
     fpt = flops_per_token(get_preset(args.preset), args.seq_len)
