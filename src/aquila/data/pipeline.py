@@ -32,8 +32,8 @@ from aquila.errors import UserError
 DEFAULT_PART_DOCS = 1000
 # Bumped when a stage's rules change, so existing outputs count as stale.
 STAGE_VERSION = {"clean": 3, "dedup": 2, "decontaminate": 1}
-# Candidate pairs per verification task.
-VERIFY_PAIRS = 4096
+# Candidate pairs per verification task (it holds the texts of the documents they name).
+VERIFY_PAIRS = 1024
 Progress = Callable[[int, int], None]  # (parts done, parts total)
 
 
