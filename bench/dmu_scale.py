@@ -111,7 +111,7 @@ def _near_copy(text: str, target: float, rng: random.Random, zh: bool) -> tuple[
     return best
 
 
-def build_corpus(out: Path, mb: float, seed: int = 0) -> dict:
+def build_corpus(out: Path, mb: float, seed: int = 0, plant: float = PLANT_FRACTION) -> dict:
     """Raw JSONL files (en/zh, about FILE_MB each), eval files and the planted truth."""
     rng = random.Random(seed)
     en, zh, en_eval, zh_eval = _pools()
@@ -132,7 +132,7 @@ def build_corpus(out: Path, mb: float, seed: int = 0) -> dict:
         n += 1
     planted = []
     for lang in ("en", "zh"):
-        originals = rng.sample(range(len(docs[lang])), int(PLANT_FRACTION * len(docs[lang])))
+        originals = rng.sample(range(len(docs[lang])), int(plant * len(docs[lang])))
         for k, i in enumerate(originals):
             orig = docs[lang][i]
             target_j = 0.7 + 0.25 * (k + 0.5) / len(originals)  # evenly over 0.7-0.95
@@ -441,7 +441,8 @@ def main(argv: list[str] | None = None) -> int:
         results["datatrove"] = "skipped (not installed, --smoke or --skip-datatrove)"
     for label, mb in (("eighth", full / 8), ("full", full)):
         corpus = root / f"corpus-{label}"
-        truth = build_corpus(corpus, mb)
+        # The smoke corpus has a few dozen documents: plant more so there are pairs above 0.8.
+        truth = build_corpus(corpus, mb, plant=0.3 if args.smoke else PLANT_FRACTION)
         runs = {
             "aquila": _spawn("aquila", corpus, root / f"work-{label}-aquila", args.workers, tok)
         }

@@ -22,4 +22,7 @@ def test_smoke(tmp_path, capsys):
     assert full["eval_planted_removed"] == full["eval_planted_docs"] > 0
     assert full["pairs_j_ge_0_8"] >= 1 and full["recall_j_ge_0_8"] == 1.0
     assert full["precision"] == 1.0
-    assert full["driver_peak_mb"] > 0 and res["memory_full_over_eighth"]["driver after decontaminate"] > 0
+    assert (
+        full["driver_peak_mb"] > 0
+        and res["memory_full_over_eighth"]["driver after decontaminate"] > 0
+    )

@@ -365,18 +365,6 @@ def _prefilter(tables: dict[int, np.ndarray]) -> np.ndarray:
     return bits
 
 
-def _lookup(hashes: np.ndarray, table: np.ndarray, bits: np.ndarray) -> np.ndarray:
-    hit = np.zeros(len(hashes), bool)
-    if not len(table) or not len(hashes):
-        return hit
-    maybe = np.flatnonzero(bits[hashes & np.uint64(len(bits) - 1)])
-    if len(maybe):
-        cand = hashes[maybe]
-        pos = np.minimum(np.searchsorted(table, cand), len(table) - 1)
-        hit[maybe[table[pos] == cand]] = True
-    return hit
-
-
 def _scan(texts: list[str], index: EvalIndex, out: list) -> None:
     b = _batch(texts)
     found: dict[int, tuple] = {}  # doc -> (order key, (file, gram))
@@ -388,13 +376,22 @@ def _scan(texts: list[str], index: EvalIndex, out: list) -> None:
             continue
         items, docs, s, e = itemize(b)
         prefix = _prefix(items)
+        bits = index.filter
+        mask = np.uint64(len(bits) - 1)
         for n in lengths:
             if n not in tables:
                 continue
-            h, j = _grams(prefix, docs, n)
-            for k in j[_lookup(h, tables[n], index.filter)]:
+            # Every window, across document ends too: the rare hits are checked after.
+            h = _window_hashes(prefix, n)
+            cand = np.flatnonzero(bits[h & mask])
+            if not len(cand):
+                continue
+            table = tables[n]
+            pos = np.minimum(np.searchsorted(table, h[cand]), len(table) - 1)
+            cand = cand[table[pos] == h[cand]]
+            for k in cand[docs[cand] == docs[cand + n - 1]].tolist():
                 d = int(docs[k])
-                key = (lang, -n, int(k))
+                key = (lang, -n, k)
                 if d in found and found[d][0] <= key:
                     continue
                 gram = sep.join(b.text[s[i] : e[i]] for i in range(k, k + n))

@@ -229,10 +229,20 @@ def jaccard_estimates(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def shingle_sets(texts: list[str], cfg: DedupConfig) -> list[np.ndarray]:
-    """Each document's sorted unique shingle hashes."""
-    units, docs, _ = _shingle_hashes(texts, cfg.shingle)
-    bounds = np.searchsorted(docs, np.arange(len(texts) + 1))
-    return [np.unique(units[bounds[i] : bounds[i + 1]]) for i in range(len(texts))]
+    """Each document's sorted unique shingle hashes (in batches of about a million characters:
+    the temporary arrays cost tens of bytes per character)."""
+    out: list[np.ndarray] = []
+    batch: list[str] = []
+    size = 0
+    for k, t in enumerate(texts):
+        batch.append(t)
+        size += len(t)
+        if size >= _BATCH_CHARS or k == len(texts) - 1:
+            units, docs, _ = _shingle_hashes(batch, cfg.shingle)
+            bounds = np.searchsorted(docs, np.arange(len(batch) + 1))
+            out += [np.unique(units[bounds[i] : bounds[i + 1]]) for i in range(len(batch))]
+            batch, size = [], 0
+    return out
 
 
 def verify(

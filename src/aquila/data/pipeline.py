@@ -24,7 +24,7 @@ import numpy as np
 
 from aquila.data import clean, decontam, dedup
 from aquila.data.catalog import PartRecord, file_sha256
-from aquila.data.executor import run_tasks
+from aquila.data.executor import default_workers, run_tasks
 from aquila.data.readers import ReadStats, Split, iter_split, plan_splits
 from aquila.data.workspace import PART_STRIDE, DataWorkspace, fingerprint, read_part, write_part
 from aquila.errors import UserError
@@ -32,8 +32,8 @@ from aquila.errors import UserError
 DEFAULT_PART_DOCS = 1000
 # Bumped when a stage's rules change, so existing outputs count as stale.
 STAGE_VERSION = {"clean": 3, "dedup": 2, "decontaminate": 1}
-# Candidate pairs per verification task.
-VERIFY_PAIRS = 4096
+# Candidate pairs per verification task (it holds the texts of the documents they name).
+VERIFY_PAIRS = 1024
 Progress = Callable[[int, int], None]  # (parts done, parts total)
 
 
@@ -415,8 +415,12 @@ class Pipeline:
         near = np.unique(np.concatenate(cand), axis=0) if cand else np.zeros((0, 2), np.uint64)
         where = {o: (str(t.src), str(t.base)) for o, t in enumerate(sig_tasks)}
         verify_tasks = []
-        for lo in range(0, len(near), VERIFY_PAIRS):
-            chunk = near[lo : lo + VERIFY_PAIRS]
+        # At least one task per worker: a single task would run in this process and hold its
+        # texts here, where memory must not grow with the corpus.
+        workers = self.workers or default_workers()
+        step = max(1, min(VERIFY_PAIRS, -(-len(near) // max(1, workers))))
+        for lo in range(0, len(near), step):
+            chunk = near[lo : lo + step]
             used = {g >> 32 for g in chunk.ravel().tolist()}
             verify_tasks.append(_VerifyTask(chunk, {o: where[o] for o in used}))
         verified = list(self._map(_verify, verify_tasks, cfg))
