@@ -29,6 +29,16 @@ def last_json(capsys) -> dict:
 def test_every_script_has_a_smoke_test():
     tested = {"checkpoint_stall", "cpu_vs_hf", "mixing_experiment", "scale_experiment"}
     tested |= {"gpu_check"}
+    # Smoke-tested beside the code they measure.
+    elsewhere = {
+        "dmu_scale": "tests/data/test_dmu_scale_bench.py",
+        "tokenize_memory": "tests/data/test_bench_tokenize_memory.py",
+        "time_to_loss": "tests/engine/test_time_to_loss_bench.py",
+    }
+    root = BENCH.parent
+    for name, test in elsewhere.items():
+        assert f"{name}.py" in (root / test).read_text(), f"{test} does not load bench/{name}.py"
+    tested |= set(elsewhere)
     helpers = {"heldout"}  # imported by the experiments, no command of its own
     assert {p.stem for p in BENCH.glob("*.py")} == tested | helpers
     assert {p.name for p in BENCH.glob("*.sh")} == {"gpu_check.sh"}
