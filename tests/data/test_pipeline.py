@@ -148,6 +148,10 @@ def test_stage_order_and_mixture_errors(tmp_path, capsys, corpus):
     mix.write_text('[[phases]]\nname = "lm"\ntokens = 1000\nweights = { kjv = 1, wiki = 1 }\n')
     rc, _, err = run_cli(capsys, "mixture", str(mix), "--workspace", str(ws))
     assert rc == 2 and "unknown source 'wiki'" in err
+    elsewhere = tmp_path / "no-workspace"
+    rc, _, err = run_cli(capsys, "mixture", str(mix), "--workspace", str(elsewhere))
+    assert rc == 2 and "no catalog.sqlite" in err and len(err.strip().splitlines()) == 1
+    assert not elsewhere.exists()  # refused without creating an empty workspace
     mix.write_text('[[phases]]\nname = "lm"\ntokens = 1000\nweights = { kjv = 1, asv = 1 }\n')
     rc, out, _ = run_cli(capsys, "mixture", str(mix), "--workspace", str(ws), "--json",
                          "--tokens-per-sample", "10", "--chunks", "kjv=10", "--chunks", "asv=1000")  # fmt: skip

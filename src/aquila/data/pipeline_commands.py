@@ -194,6 +194,13 @@ def cmd_mixture(args) -> int:
     from aquila.data.mixture import check_repetition, load_mixture
     from aquila.errors import UserError
 
+    # The mixture is checked against the workspace's sources: without a catalog every source
+    # would be "unknown", and opening one would leave an empty catalog behind.
+    if not (args.workspace / "catalog.sqlite").is_file():
+        raise UserError(
+            f"--workspace {args.workspace}: no catalog.sqlite (run `aquila data add` first, or "
+            "give the workspace that holds the mixture's sources)"
+        )
     ws = _workspace(args)
     plan = load_mixture(args.file, set(ws.catalog.source_names()))
     version = ws.catalog.record_mixture(plan.name, args.file.read_text(encoding="utf-8"))
