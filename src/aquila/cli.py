@@ -55,11 +55,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except ReportedError as exc:
-        print(f"aquila: error: {_one_line(exc)}", file=sys.stderr)
+        _say(f"aquila: error: {_one_line(exc)}")
         return exc.exit_code
     except KeyboardInterrupt:
-        print("aquila: interrupted", file=sys.stderr)
+        _say("aquila: interrupted")
         return EXIT_INTERRUPTED
+
+
+def _say(line: str) -> None:
+    """One line to stderr in one write: the ranks of a torchrun job share one stderr, and
+    print's separate write of the newline let two ranks' lines run together."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
 
 
 def _one_line(exc: Exception) -> str:
