@@ -28,6 +28,16 @@ def heldout_sequences(
     return out
 
 
+@torch.no_grad()
+def heldout_losses(model, seqs: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Mean next-token loss of ``model`` on each source's windows, in eval mode (then back to
+    train mode)."""
+    model.eval()
+    out = {n: float(model.token_losses(x[:, :-1], x[:, 1:]).mean()) for n, x in seqs.items()}
+    model.train()
+    return out
+
+
 def first_crossing(curve: list[dict], target: float, x: str, y: str) -> float | None:
     """The first ``x`` at which ``y`` reaches ``target`` (linear between points), or None."""
     prev = None

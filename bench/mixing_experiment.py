@@ -34,7 +34,7 @@ from aquila.engine.callbacks import Callback
 
 # The shared helpers next to this script (also when it is loaded by path, as the tests do).
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from heldout import first_crossing, heldout_sequences  # noqa: E402
+from heldout import first_crossing, heldout_losses, heldout_sequences  # noqa: E402
 
 STATIC = ("natural", "uniform")
 ONLINE = ("odm", "ado", "doremi")
@@ -49,14 +49,7 @@ class HeldoutEval(Callback):
         self.curve: list[dict] = []
 
     def _eval(self, trainer) -> None:
-        model = trainer.model
-        model.eval()
-        with torch.no_grad():
-            out = {
-                name: float(model.token_losses(x[:, :-1], x[:, 1:]).mean())
-                for name, x in self.seqs.items()
-            }
-        model.train()
+        out = heldout_losses(trainer.model, self.seqs)
         out["avg"] = statistics.fmean(out[n] for n in self.seqs)
         self.curve.append({"step": trainer.state.step, **out})
 

@@ -47,7 +47,7 @@ from aquila.engine.callbacks import Callback
 
 # The shared helpers next to this script (also when it is loaded by path, as the tests do).
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from heldout import first_crossing, heldout_sequences  # noqa: E402
+from heldout import first_crossing, heldout_losses, heldout_sequences  # noqa: E402
 
 METHODS = ("fpi", "aki", "aki-pro")
 # The from-scratch L's best peak LR of 1.5e-3, 3e-3, 6e-3, 1e-2 and 2e-2 (held-out 5.01, 4.93,
@@ -65,12 +65,7 @@ class HeldoutEval(Callback):
 
     @torch.no_grad()
     def _eval(self, trainer) -> None:
-        model = trainer.model
-        model.eval()
-        per = {
-            n: float(model.token_losses(x[:, :-1], x[:, 1:]).mean()) for n, x in self.seqs.items()
-        }
-        model.train()
+        per = heldout_losses(trainer.model, self.seqs)
         self.curve.append(
             {
                 "step": trainer.state.step,

@@ -38,7 +38,7 @@ import torch
 from aquila.engine.callbacks import Callback
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from heldout import first_crossing, heldout_sequences  # noqa: E402
+from heldout import first_crossing, heldout_losses, heldout_sequences  # noqa: E402
 
 BAR_STEPS = 0.75
 BAR_OVERHEAD = 0.10
@@ -59,12 +59,7 @@ class Curve(Callback):
 
     @torch.no_grad()
     def _eval(self, trainer) -> None:
-        model = trainer.model
-        model.eval()
-        per = {
-            n: float(model.token_losses(x[:, :-1], x[:, 1:]).mean()) for n, x in self.seqs.items()
-        }
-        model.train()
+        per = heldout_losses(trainer.model, self.seqs)
         self.points.append(
             {
                 "step": trainer.state.step,
