@@ -64,9 +64,10 @@ INT4_AND_GENERATION = r"""
 import json, time, torch
 from aquila.model import get_preset
 from aquila.model.generate import generate
+from aquila.model.transformer import AquilaModel
 cfg = get_preset("aquila2-1b")
 torch.manual_seed(0)
-model = cfg.build(device="cuda").to(torch.bfloat16).eval()
+model = AquilaModel(cfg, device="cuda").to(torch.bfloat16).eval()
 out = {}
 ids = list(range(100, 164))
 with torch.no_grad():
@@ -84,9 +85,11 @@ with torch.no_grad():
         for _ in range(5): m(x)
         torch.cuda.synchronize(); return (time.perf_counter() - t0) / 5
     out["forward_bf16_s"] = timed(model)
-    from aquila.quant.model import QuantConfig, prepare_model, quantize_model
+    from aquila.model.int4 import QuantConfig
+    from aquila.model.int4_linear import prepare_int4
+    from aquila.quant.model import quantize_model
     quantize_model(model, QuantConfig(method="rtn"))
-    prepare_model(model)
+    prepare_int4(model)
     out["forward_int4_s"] = timed(model)
     out["int4_speedup"] = out["forward_bf16_s"] / out["forward_int4_s"]
 print(json.dumps(out))

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from aquila.model.int4 import dequantize, quantize_rtn
 from aquila.quant.gptq import HessianAccumulator, gptq_quantize
-from aquila.quant.int4 import dequantize, quantize_rtn
 
 
 def _inputs_of(model, tokens, module):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from aquila.quant.int4 import (
+from aquila.model.int4 import (
     GROUP_SIZES,
     dequantize,
     pack_int4,
@@ -13,7 +13,7 @@ from aquila.quant.int4 import (
     quantize_rtn,
     unpack_int4,
 )
-from aquila.quant.linear import KERNEL_MAX_ROWS, QuantLinear
+from aquila.model.int4_linear import KERNEL_MAX_ROWS, QuantLinear
 
 
 def _quant_linear(w: torch.Tensor, group_size: int) -> QuantLinear:

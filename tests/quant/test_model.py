@@ -11,11 +11,10 @@ from safetensors import safe_open
 
 from aquila.cli import main
 from aquila.model.generate import generate
-from aquila.model.io import save_model_dir
+from aquila.model.io import load_model_dir, save_model_dir
 from aquila.quant import (
     QuantConfig,
     QuantLinear,
-    load_any_model,
     quantize_model,
     save_quantized_model_dir,
 )
@@ -48,7 +47,7 @@ def test_targets_exclude_embeddings_and_lm_head(quant_model):
 
 def test_quantized_dir_loads_and_generates(quantized, quant_model, text_tokens):
     model, out = quantized
-    loaded = load_any_model(out)
+    loaded = load_model_dir(out)
     qls = [m for m in loaded.modules() if isinstance(m, QuantLinear)]
     assert len(qls) == 14 and all(m.layout == "cpu" for m in qls)  # packed for the CPU kernel
     x = text_tokens[16:20]
@@ -92,7 +91,7 @@ def test_linear_weights_are_about_4x_smaller(quantized, quant_model, tmp_path):
     assert (out / "model.safetensors").stat().st_size < (
         fp_dir / "model.safetensors"
     ).stat().st_size
-    loaded = load_any_model(out)
+    loaded = load_model_dir(out)
     assert linear_weight_bytes(quant_model) / linear_weight_bytes(loaded) > 6.5
     assert model_memory_bytes(loaded) < model_memory_bytes(quant_model)
 

@@ -11,9 +11,9 @@ from safetensors import safe_open
 
 from aquila.cli import main
 from aquila.model.io import load_model_dir, save_model_dir
+from aquila.model.moe_split import SplitMoEFFN, split_experts
 from aquila.quant import QuantConfig, QuantLinear, quantize_model
 from aquila.quant.model import _block_hessians, target_linears
-from aquila.quant.moe import SplitMoEFFN, split_experts
 from aquila.scale.upcycle import upcycle
 
 

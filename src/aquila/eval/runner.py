@@ -28,8 +28,12 @@ def load_lm(
     and fp32 on CPU unless the run set one."""
     from aquila.engine.device import autocast_dtype, pick_device
     from aquila.errors import UserError
-    from aquila.model.io import resolve_model_dir, resolve_tokenizer_dir
-    from aquila.quant.model import load_any_model, read_quant_config
+    from aquila.model.io import (
+        load_model_dir,
+        read_quant_config,
+        resolve_model_dir,
+        resolve_tokenizer_dir,
+    )
     from aquila.tokenizer import Tokenizer
 
     dev = pick_device(device)
@@ -40,7 +44,7 @@ def load_lm(
             raise UserError(f"--device {device}: CUDA is not available")
     model_dir = resolve_model_dir(path)
     tokenizer = Tokenizer.load(resolve_tokenizer_dir(path))
-    model = load_any_model(
+    model = load_model_dir(
         model_dir, device=dev, dtype=autocast_dtype(dev, _run_dtype(path, dtype))
     )
     if tokenizer.vocab_size > model.cfg.vocab_size:

@@ -11,7 +11,8 @@ The weights of a model dir are one of:
 ``open_weights`` reads any of them through one interface: whole tensors one group at a time
 (export, statistics, a model loaded on one device) or only the box of each tensor that a rank
 holds (``read_into`` with sharded parameters), so no tool needs all the weights in memory at once
-unless it builds the whole model.
+unless it builds the whole model. An int4 dir (``aquila quantize``) is a ``model.safetensors``
+dir whose ``model.json`` also holds a ``quantization`` entry; ``load_model_dir`` reads every kind.
 
 A model dir is written into a temporary sibling, fsynced and renamed into place, so a reader never
 sees a half-written one. Run dirs hold model dirs under ``checkpoints/step-NNNNNNNN/``; the
@@ -38,6 +39,7 @@ from aquila.errors import UserError
 from aquila.model.config import ModelConfig
 
 if TYPE_CHECKING:
+    from aquila.model.int4 import QuantConfig
     from aquila.model.transformer import AquilaModel
     from aquila.tokenizer import Tokenizer
 
@@ -610,21 +612,37 @@ def read_model_config(path: str | Path) -> ModelConfig:
         raise UserError(f"{file}: bad config: {exc}") from None
 
 
+def read_quant_config(path: str | Path) -> QuantConfig | None:
+    """The ``quantization`` entry of a model dir's ``model.json`` (its int4 layout), or None for
+    full-precision weights: the one test of whether a model dir is quantized."""
+    from aquila.model.int4 import QuantConfig
+
+    read_model_config(path)  # validates the file and names it in errors
+    meta = json.loads((Path(path) / CONFIG_FILE).read_text())
+    q = meta.get("quantization")
+    if q is None:
+        return None
+    try:
+        cfg = QuantConfig.from_dict(q)
+        cfg.validate()
+    except (TypeError, UserError) as exc:
+        raise UserError(f"{Path(path) / CONFIG_FILE}: bad quantization entry: {exc}") from None
+    return cfg
+
+
 def load_model_dir(
     path: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype | None = None
 ) -> AquilaModel:
-    """Load a model dir (any weight layout, see the module doc) onto ``device``; ``dtype`` casts
-    floating tensors (default: as stored). Tensors are read one at a time into the model's own
-    storage: the host never holds a second copy of the weights."""
+    """Load a model dir (any weight layout, see the module doc; int4 included) onto ``device``;
+    ``dtype`` casts floating tensors of a full-precision dir (default: as stored). Tensors are
+    read one at a time into the model's own storage: the host never holds a second copy."""
     from aquila.model.transformer import AquilaModel
 
     path = Path(path)
     cfg = read_model_config(path)
-    if "quantization" in json.loads((path / CONFIG_FILE).read_text()):
-        # Int4 dirs hold packed weights: the quantized loader builds QuantLinear layers for them.
-        from aquila.quant.model import load_quantized_model_dir
-
-        return load_quantized_model_dir(path, device)
+    qcfg = read_quant_config(path)
+    if qcfg is not None:
+        return _load_int4(path, cfg, qcfg, device)
     source = open_weights(path)
     infos = source.infos()
     model = AquilaModel(cfg, device="meta")
@@ -639,6 +657,38 @@ def load_model_dir(
     with torch.no_grad():
         source.read_into(model.state_dict())  # one tensor (or saved chunk) at a time
     model.reset_rope()
+    return model.eval()
+
+
+def _load_int4(
+    path: Path, cfg: ModelConfig, qcfg: QuantConfig, device: torch.device | str
+) -> AquilaModel:
+    """An int4 dir: its QuantLinears (one per quantized Linear, experts split) packed for
+    ``device``'s int4 kernels."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from aquila.model.int4_linear import QuantLinear, prepare_int4
+    from aquila.model.layers import replace_module
+    from aquila.model.moe_split import split_experts
+    from aquila.model.transformer import AquilaModel
+
+    weights = path / WEIGHTS_FILE
+    try:
+        state = load_file(str(weights), device=str(device))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise UserError(f"cannot read {weights}: {exc}") from None
+    model = AquilaModel(cfg, device="meta")
+    split_experts(model)  # quantized experts are stored one Linear each
+    for name in qcfg.modules:
+        lin = model.get_submodule(name)
+        replace_module(
+            model,
+            name,
+            QuantLinear(lin.in_features, lin.out_features, qcfg.group_size, device="meta"),
+        )
+    load_state_into(model, state, weights)
+    prepare_int4(model)
     return model.eval()
 
 

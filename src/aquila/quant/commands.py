@@ -71,13 +71,14 @@ def _quantize(args: argparse.Namespace) -> int:
     from rich.progress import Progress
 
     from aquila.errors import UserError
+    from aquila.model.int4 import QuantConfig
     from aquila.model.io import (
         check_output_dir,
         read_model_config,
+        read_quant_config,
         resolve_model_dir,
         resolve_tokenizer_dir,
     )
-    from aquila.quant.model import QuantConfig, read_quant_config
 
     qcfg = QuantConfig(
         method=args.method,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from aquila.quant.int4 import dequantize_columns, group_params, n_groups, quantize_columns
+from aquila.model.int4 import dequantize_columns, group_params, n_groups, quantize_columns
 
 
 class HessianAccumulator:

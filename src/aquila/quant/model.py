@@ -5,7 +5,7 @@ MoE routers and (by default) ``lm_head`` stay in full precision. GPTQ runs block
 calibration tokens go through the model whose earlier blocks are already quantized, so each
 block's Hessians see the inputs it will get at inference.
 
-MoE blocks are first split into one Linear per expert projection (:mod:`aquila.quant.moe`), so
+MoE blocks are first split into one Linear per expert projection (:mod:`aquila.model.moe_split`), so
 every expert is quantized on its own, and under GPTQ from the tokens the router sends it. An
 expert that no calibration token reaches has no Hessian; it is rounded to nearest instead and
 named in ``QuantConfig.rtn_fallback``.
@@ -20,53 +20,19 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from aquila.errors import UserError
+from aquila.model.int4 import QuantConfig, pack_int4, pad_for_kernel, quantize_rtn
+from aquila.model.int4_linear import QuantLinear
+from aquila.model.layers import replace_module
 from aquila.model.moe import MoEFFN
+from aquila.model.moe_split import split_experts
 from aquila.model.transformer import AquilaModel
 from aquila.quant.gptq import HessianAccumulator, gptq_quantize
-from aquila.quant.int4 import GROUP_SIZES, pack_int4, pad_for_kernel, quantize_rtn
-from aquila.quant.linear import QuantLinear
-from aquila.quant.moe import split_experts
-
-METHODS = ("rtn", "gptq")
-
-
-@dataclass
-class QuantConfig:
-    method: str = "gptq"
-    bits: int = 4
-    group_size: int = 128
-    include_lm_head: bool = False
-    act_order: bool = False
-    damp: float = 0.01
-    # Filled in by quantize_model: the names of the Linears that were quantized, and those GPTQ
-    # had no calibration inputs for (MoE experts no token was routed to), rounded to nearest.
-    modules: list[str] = field(default_factory=list)
-    rtn_fallback: list[str] = field(default_factory=list)
-
-    def validate(self) -> None:
-        if self.bits != 4:
-            raise UserError(f"--bits {self.bits} is not supported: only 4-bit weights are")
-        if self.method not in METHODS:
-            raise UserError(f"--method must be one of {', '.join(METHODS)}, got {self.method!r}")
-        if self.group_size not in GROUP_SIZES:
-            raise UserError(
-                f"--group-size {self.group_size} is not supported: torch's int4 kernels take "
-                f"{', '.join(map(str, GROUP_SIZES))}"
-            )
-
-    def to_dict(self) -> dict:
-        return {"scheme": "int4-asym-group (torch int4pack)", **asdict(self)}
-
-    @classmethod
-    def from_dict(cls, data: dict) -> QuantConfig:
-        return cls(**{k: v for k, v in data.items() if k != "scheme"})
 
 
 def target_linears(model: AquilaModel, include_lm_head: bool = False) -> dict[str, nn.Linear]:
@@ -82,12 +48,6 @@ def target_linears(model: AquilaModel, include_lm_head: bool = False) -> dict[st
     if include_lm_head:
         out["lm_head"] = model.lm_head
     return out
-
-
-def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, module)
 
 
 def _to_quant_linear(weight: torch.Tensor, q, scales, zeros, group_size: int) -> QuantLinear:
@@ -139,7 +99,7 @@ def quantize_model(
 ) -> AquilaModel:
     """Replace the target Linears of ``model`` (in place) by int4 ``QuantLinear``s.
 
-    The new modules hold the portable file layout (ready to save); :func:`prepare_model` packs
+    The new modules hold the portable file layout (ready to save); :func:`aquila.model.int4_linear.prepare_int4` packs
     them for the int4 kernels.
 
     ``calib`` (B, T) token ids are needed for GPTQ. ``lm_head`` (if included) is quantized with
@@ -183,7 +143,7 @@ def _quantize_one(
         q, s, z = quantize_rtn(w, cfg.group_size)
     else:
         q, s, z = gptq_quantize(w, hessian, cfg.group_size, damp=cfg.damp, act_order=cfg.act_order)
-    _set_module(model, name, _to_quant_linear(w, q, s, z, cfg.group_size))
+    replace_module(model, name, _to_quant_linear(w, q, s, z, cfg.group_size))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -218,74 +178,6 @@ def save_quantized_model_dir(
         if tokenizer is not None:
             tokenizer.save(tmp)
     return out
-
-
-def read_quant_config(path: str | Path) -> QuantConfig | None:
-    """The ``quantization`` object of a model dir's ``model.json``, or None for a float model."""
-    from aquila.model.io import CONFIG_FILE, read_model_config
-
-    read_model_config(path)  # validates the file and names it in errors
-    meta = json.loads((Path(path) / CONFIG_FILE).read_text())
-    q = meta.get("quantization")
-    if q is None:
-        return None
-    try:
-        cfg = QuantConfig.from_dict(q)
-        cfg.validate()
-    except (TypeError, UserError) as exc:
-        raise UserError(f"{Path(path) / CONFIG_FILE}: bad quantization entry: {exc}") from None
-    return cfg
-
-
-def load_quantized_model_dir(path: str | Path, device: torch.device | str = "cpu") -> AquilaModel:
-    """Load a quantized model dir; QuantLinears are packed for ``device``'s int4 kernels."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    from aquila.model.io import WEIGHTS_FILE, load_state_into, read_model_config
-
-    path = Path(path)
-    model_cfg = read_model_config(path)
-    qcfg = read_quant_config(path)
-    if qcfg is None:
-        raise UserError(f'{path} is not a quantized model dir (no "quantization" in model.json)')
-    weights = path / WEIGHTS_FILE
-    try:
-        state = load_file(str(weights), device=str(device))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise UserError(f"cannot read {weights}: {exc}") from None
-    model = AquilaModel(model_cfg, device="meta")
-    split_experts(model)  # quantized experts are stored one Linear each
-    for name in qcfg.modules:
-        lin = model.get_submodule(name)
-        _set_module(
-            model,
-            name,
-            QuantLinear(lin.in_features, lin.out_features, qcfg.group_size, device="meta"),
-        )
-    load_state_into(model, state, weights)
-    return prepare_model(model).eval()
-
-
-def prepare_model(model: AquilaModel) -> AquilaModel:
-    """Pack every QuantLinear for its device's int4 kernel (in place); returns ``model``."""
-    for m in model.modules():
-        if isinstance(m, QuantLinear):
-            m.prepare()
-    return model
-
-
-def load_any_model(
-    path: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype | None = None
-) -> AquilaModel:
-    """A float (cast to ``dtype`` when given) or a quantized model dir (or a run dir's latest
-    checkpoint)."""
-    from aquila.model.io import load_model_dir, resolve_model_dir
-
-    model_dir = resolve_model_dir(path)
-    if read_quant_config(model_dir) is not None:
-        return load_quantized_model_dir(model_dir, device)
-    return load_model_dir(model_dir, device=device, dtype=dtype)
 
 
 def model_memory_bytes(model: nn.Module) -> int:

@@ -15,7 +15,7 @@ On other devices, or where a kernel refuses a shape, the weight is dequantized f
 vectorised for; larger calls dequantize the layer's weight and run an fp32 matmul (layers of up
 to ``DEQUANT_MAX_NUMEL`` weights; larger layers always use the kernel).
 
-The module holds one copy of the weight: the file layout (see :mod:`aquila.quant.int4`) until
+The module holds one copy of the weight: the file layout (see :mod:`aquila.model.int4`) until
 :meth:`QuantLinear.prepare` converts it in place to the kernel layout of its device. A state dict
 taken afterwards is converted back, so a prepared model can still be saved.
 """
@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from aquila.quant.int4 import (
+from aquila.model.int4 import (
     PARAM_DTYPE,
     dequantize,
     n_groups,
@@ -135,7 +135,7 @@ class QuantLinear(nn.Module):
         out_features: int,
         group_size: int,
     ) -> QuantLinear:
-        """Wrap file-layout tensors (from :func:`aquila.quant.int4.pad_for_kernel` + pack)."""
+        """Wrap file-layout tensors (from :func:`aquila.model.int4.pad_for_kernel` + pack)."""
         m = cls(in_features, out_features, group_size, device="meta")
         m.qweight, m.scales, m.zeros = qweight, scales, zeros
         return m
@@ -208,3 +208,11 @@ class QuantLinear(nn.Module):
             w = dequantize(self.int_weight(), self.scales.t(), self.zeros.t(), self.group_size)
             y = x2 @ w.to(x2.dtype).t()
         return y[:, : self.out_features].reshape(*shape[:-1], self.out_features)
+
+
+def prepare_int4(model: nn.Module) -> nn.Module:
+    """Pack every QuantLinear for its device's int4 kernel (in place); returns ``model``."""
+    for m in model.modules():
+        if isinstance(m, QuantLinear):
+            m.prepare()
+    return model

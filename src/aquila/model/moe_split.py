@@ -6,7 +6,7 @@ kind, one gradient per parameter while training). Quantization needs the opposit
 expert* sees, which are only the tokens the router sends it. :class:`SplitMoEFFN` computes the
 same function with ``experts.E.{w1,w3,w2}`` as ``nn.Linear`` modules; a forward hook on one of
 them then records exactly that expert's calibration inputs, and each can be swapped for a
-:class:`~aquila.quant.linear.QuantLinear`. The router (``gate``) is the same module as before
+:class:`~aquila.model.int4_linear.QuantLinear`. The router (``gate``) is the same module as before
 and stays in full precision: routing decisions are discrete, and int4 noise in the logits would
 flip tokens between experts.
 """
@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from aquila.model.layers import replace_module
 from aquila.model.moe import MoEFFN
 
 
@@ -72,11 +73,9 @@ def split_experts(model: nn.Module) -> list[str]:
     the qualified names of the blocks that were split."""
     names = [n for n, m in model.named_modules() if type(m) is MoEFFN]
     for name in names:
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        moe = getattr(parent, child)
+        moe = model.get_submodule(name)
         split = (
             SplitMoEFFN.from_moe(moe) if moe.w1.device.type != "meta" else SplitMoEFFN.empty(moe)
         )
-        setattr(parent, child, split)
+        replace_module(model, name, split)
     return names

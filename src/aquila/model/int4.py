@@ -12,15 +12,18 @@ zero point lives in the float domain as the value of the mid-level 8, so the ker
 The file layout is device-independent: ``qweight`` uint8 (N, K / 2) with column 2j in the high
 nibble and 2j + 1 in the low nibble (the input layout of the CUDA packer), ``scales`` and
 ``zeros`` in bf16 of shape (K / group, N). The kernel layouts are made from it when a model is
-loaded on a device (see :mod:`aquila.quant.linear`).
+loaded on a device (see :mod:`aquila.model.int4_linear`).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn.functional as F
+
+from aquila.errors import UserError
 
 BITS = 4
 MAX_Q = 2**BITS - 1
@@ -121,3 +124,41 @@ def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
     """Inverse of :func:`pack_int4`: (N, K / 2) uint8 -> (N, K) uint8."""
     hi, lo = packed >> 4, packed & 0x0F
     return torch.stack([hi, lo], dim=-1).reshape(packed.shape[0], -1)
+
+
+# ---------------------------------------------------------------------------------------------
+# The "quantization" entry of a model dir's model.json
+
+METHODS = ("rtn", "gptq")
+
+
+@dataclass
+class QuantConfig:
+    method: str = "gptq"
+    bits: int = 4
+    group_size: int = 128
+    include_lm_head: bool = False
+    act_order: bool = False
+    damp: float = 0.01
+    # Filled in by quantize_model: the names of the Linears that were quantized, and those GPTQ
+    # had no calibration inputs for (MoE experts no token was routed to), rounded to nearest.
+    modules: list[str] = field(default_factory=list)
+    rtn_fallback: list[str] = field(default_factory=list)
+
+    def validate(self) -> None:
+        if self.bits != 4:
+            raise UserError(f"--bits {self.bits} is not supported: only 4-bit weights are")
+        if self.method not in METHODS:
+            raise UserError(f"--method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if self.group_size not in GROUP_SIZES:
+            raise UserError(
+                f"--group-size {self.group_size} is not supported: torch's int4 kernels take "
+                f"{', '.join(map(str, GROUP_SIZES))}"
+            )
+
+    def to_dict(self) -> dict:
+        return {"scheme": "int4-asym-group (torch int4pack)", **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> QuantConfig:
+        return cls(**{k: v for k, v in data.items() if k != "scheme"})
