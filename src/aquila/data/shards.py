@@ -34,6 +34,7 @@ from aquila.data.shard_check import (
     write_scan,
 )
 from aquila.errors import UserError, WriteFailed
+from aquila.progress import ByteProgress
 
 FORMAT_VERSION = 1
 OFFSETS_FILE = "doc_offsets.npy"
@@ -100,7 +101,7 @@ def _write_shard(
     doc_tokens = 0  # tokens so far of a document whose pieces span batches
     max_id = -1
     t0 = time.perf_counter()
-    with _progress(show_progress, f"tokenize {name}", total_bytes) as advance:
+    with ByteProgress(show_progress, f"tokenize {name}", total_bytes) as advance:
         docs = _file_documents(files, stats, per_file, advance)
         with (out / TOKENS_FILE).open("wb") as f:
             batches = encode_batches(docs, batch_docs)
@@ -202,42 +203,6 @@ def tokenize_source(
     text_bytes = manifest["bytes"]
     mb_per_s = text_bytes / 1e6 / max(seconds, 1e-9)
     return {**manifest, "seconds": seconds, "mb_per_s": mb_per_s, "workers": workers}
-
-
-class _progress:
-    """A rich progress bar over input bytes (a no-op when disabled)."""
-
-    def __init__(self, enabled: bool, label: str, total: int):
-        self.enabled, self.label, self.total = enabled, label, total
-
-    def __enter__(self):
-        if not self.enabled:
-            return lambda n: None
-        from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            DownloadColumn,
-            Progress,
-            TimeRemainingColumn,
-            TransferSpeedColumn,
-        )
-
-        self.bar = Progress(
-            "[progress.description]{task.description}",
-            BarColumn(),
-            DownloadColumn(),
-            TransferSpeedColumn(),
-            TimeRemainingColumn(),
-            # stderr keeps stdout clean for --json readers.
-            console=Console(stderr=True),
-        )
-        self.bar.start()
-        task = self.bar.add_task(self.label, total=self.total)
-        return lambda n: self.bar.advance(task, n)
-
-    def __exit__(self, *exc) -> None:
-        if self.enabled:
-            self.bar.stop()
 
 
 class TokenSource:

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from aquila.errors import UserError
+from aquila.progress import ByteProgress
 from aquila.tokenizer.stats import LANGS, InputDoc, InputSpec, input_files, iter_file_documents
 from aquila.tokenizer.tokenizer import SPECIAL_TOKENS, Tokenizer, train_bpe
 
@@ -116,38 +117,11 @@ def _pieces(text: str) -> Iterator[str]:
     yield text[start:]
 
 
-class _Progress:
-    """A rich progress bar over input bytes on stderr (stdout stays clean for --json)."""
-
-    def __init__(self, enabled: bool, label: str, total: int):
-        self.enabled, self.label, self.total = enabled, label, total
-
-    def __enter__(self) -> Callable[[int], None]:
-        if not self.enabled:
-            return lambda n: None
-        from rich.console import Console
-        from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
-
-        self.bar = Progress(
-            "[progress.description]{task.description}",
-            BarColumn(),
-            DownloadColumn(),
-            TransferSpeedColumn(),
-            console=Console(stderr=True),
-            transient=True,
-        )
-        self.bar.start()
-        task = self.bar.add_task(self.label, total=self.total)
-        return lambda n: self.bar.advance(task, n)
-
-    def __exit__(self, *exc) -> None:
-        if self.enabled:
-            self.bar.stop()
-
-
 def _read_pass(specs: list[InputSpec], label: str, show_progress: bool) -> Iterator[InputDoc]:
     files = [(f, s.lang) for s in specs for f in input_files(s)]
-    with _Progress(show_progress, label, sum(f.stat().st_size for f, _ in files)) as advance:
+    with ByteProgress(
+        show_progress, label, sum(f.stat().st_size for f, _ in files), transient=True
+    ) as advance:
         for f, lang in files:
             yield from iter_file_documents(f, lang)
             advance(f.stat().st_size)
