@@ -266,7 +266,8 @@ def test_init_from_resume_and_export_stay_sharded(make_config, tmp_path, tiny_to
     from safetensors.torch import load_file
 
     from aquila.model import AquilaModel, get_preset
-    from aquila.model.hf import export_hf, hf_name
+    from aquila.model.hf import export_hf
+    from aquila.model.hf_llama import hf_name
     from aquila.model.io import (
         export_state_dict,
         plan_shards,

@@ -251,7 +251,7 @@ def test_import_names_a_wrong_shape(tmp_path: Path, make_model) -> None:
 
 
 def test_moe_delegates_to_mixtral_converter(tmp_path: Path, make_model, monkeypatch) -> None:
-    from aquila.model.hf import config_from_hf_llama, llama_recipes
+    from aquila.model.hf_llama import config_from_hf_llama, llama_recipes
 
     dense = make_model()
     calls = []

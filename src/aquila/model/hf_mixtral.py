@@ -18,7 +18,7 @@ import torch
 
 from aquila.errors import UserError
 from aquila.model.config import ModelConfig
-from aquila.model.hf import (
+from aquila.model.hf_llama import (
     HEAD,
     Recipe,
     _infos,
