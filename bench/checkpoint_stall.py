@@ -20,7 +20,7 @@ from pathlib import Path
 
 def run_once(args, run_dir: Path, background: bool) -> dict:
     from aquila.engine.config import load_config
-    from aquila.engine.run import prepare_run
+    from aquila.train.run import prepare_run
 
     cfg = load_config(
         None,

@@ -25,10 +25,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from aquila.engine.bench import SyntheticData, matmul_peak
 from aquila.engine.config import load_config
 from aquila.engine.trainer import Trainer
 from aquila.model import flops_per_token, get_preset
+from aquila.model.transformer import AquilaModel
+from aquila.train.bench import SyntheticData, matmul_peak
 
 
 class AquilaLoop:
@@ -51,13 +52,13 @@ class AquilaLoop:
         if seq_len > cfg.model.max_seq_len:
             cfg.model = cfg.model.replace(max_seq_len=seq_len)
         torch.manual_seed(0)
-        model = cfg.model.build()
+        model = AquilaModel(cfg.model)
         data = SyntheticData(cfg.model.vocab_size, seq_len)
         self.trainer = Trainer(cfg, model, data, Path("."))  # writes nothing: no save called
 
     def step(self) -> None:
         out = self.trainer.train_step()
-        float(out["_loss"])  # the loop's one host sync, as on a logging step
+        float(out.loss_t)  # the loop's one host sync, as on a logging step
 
 
 class HFLoop:
@@ -155,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     peak = matmul_peak(torch.device("cpu"), seconds=args.peak_seconds)
-    from aquila.engine.commands import DEFAULT_RUN
+    from aquila.train.commands import DEFAULT_RUN
 
     # The default run's loss setting, unless --set says otherwise.
     overrides = [o for o in DEFAULT_RUN if o.startswith("train.loss")] + args.overrides

@@ -63,8 +63,8 @@ class HeldoutEval(Callback):
 
 def run_one(kind: str, seed: int, args, env: dict, reference: dict | None) -> dict:
     from aquila.engine.config import load_config
-    from aquila.engine.run import prepare_run
     from aquila.mixing import MixingCallback, PolicyConfig
+    from aquila.train.run import prepare_run
 
     sets = [
         "model.preset='aquila-test'",
@@ -239,9 +239,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from rich.progress import Progress
 
-    from aquila.engine.run import cache_dir, sample_shards
     from aquila.tokenizer import Tokenizer
     from aquila.tokenizer.train import default_tokenizer
+    from aquila.train.run import cache_dir, sample_shards
 
     torch.set_num_threads(args.threads)
     tok_dir = default_tokenizer(cache_dir(), vocab_size=args.vocab - 8)

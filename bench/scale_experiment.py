@@ -126,7 +126,7 @@ class Env:
     ) -> dict:
         """One run with ``prepare_run``: a model config (from scratch) or a dir (init_from)."""
         from aquila.engine.config import load_config
-        from aquila.engine.run import prepare_run
+        from aquila.train.run import prepare_run
 
         a = self.args
         sets = [
@@ -218,10 +218,10 @@ def upcycle_dir(env: Env, dense_run: str, top_k: int) -> Path:
 
 
 def run_experiment(args) -> dict:
-    from aquila.engine.run import cache_dir, sample_shards
     from aquila.model.transformer import flops_per_token
     from aquila.tokenizer import Tokenizer
     from aquila.tokenizer.train import default_tokenizer
+    from aquila.train.run import cache_dir, sample_shards
 
     torch.set_num_threads(args.threads)
     t_start = time.perf_counter()

@@ -85,7 +85,7 @@ class Curve(Callback):
 def default_run_sets(
     args, name: str, lr: float, seed: int, run_dir: Path, extra: bool = True
 ) -> list[str]:
-    from aquila.engine.commands import DEFAULT_RUN
+    from aquila.train.commands import DEFAULT_RUN
 
     warmup = max(1, round(DEFAULT_WARMUP * args.steps / DEFAULT_STEPS))
     sets = list(DEFAULT_RUN) + [
@@ -114,7 +114,7 @@ def default_run_sets(
 
 def train(args, env: dict, name: str, lr: float, seed: int) -> dict:
     from aquila.engine.config import load_config
-    from aquila.engine.run import prepare_run
+    from aquila.train.run import prepare_run
 
     run_dir = env["tmp"] / f"{name}-{lr:g}-s{seed}"
     cfg = load_config(None, default_run_sets(args, name, lr, seed, run_dir))
@@ -191,9 +191,9 @@ def best_of(runs: list[dict]) -> dict:
 
 def run_experiment(args) -> dict:
     from aquila.engine.config import load_config
-    from aquila.engine.run import cache_dir
     from aquila.tokenizer import Tokenizer
     from aquila.tokenizer.train import default_tokenizer
+    from aquila.train.run import cache_dir
 
     torch.set_num_threads(args.threads)
     t_start = time.perf_counter()

@@ -80,7 +80,7 @@ def run_measured(cmd: list[str]) -> tuple[float, float, str]:
 
 
 DEFAULT_TOKENIZER = """
-from aquila.engine.run import cache_dir
+from aquila.train.run import cache_dir
 from aquila.tokenizer.train import default_tokenizer
 print(default_tokenizer(cache_dir()))
 """

@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -90,13 +90,39 @@ def weights() -> Rule:
     """A table of source -> weight: finite, >= 0, with a positive sum (empty: the default)."""
 
     def test(v: Any) -> bool:
-        if not isinstance(v, dict):
-            return False
-        if not v:
+        if v == {}:
             return True
-        return all(_is_number(w) and w >= 0 for w in v.values()) and sum(v.values()) > 0
+        try:
+            check_weights(v)
+        except UserError:
+            return False
+        return True
 
     return Rule(test, "must map sources to finite weights >= 0 with a positive sum")
+
+
+def check_weights(weights: Any, known: set[str] | None = None, where: str = "") -> dict[str, float]:
+    """The one check of a mixture's weights, wherever they come from (a mixture file, a
+    command, the dashboard, a policy): a non-empty table of sources to finite numbers >= 0
+    with a positive sum, naming only ``known`` sources when given. Returns them as floats,
+    unnormalised; raises :class:`UserError` (``where`` leads the message)."""
+    if not isinstance(weights, Mapping) or not weights:
+        raise UserError(f"{where}weights: no source given")
+    out: dict[str, float] = {}
+    for name, value in weights.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UserError(f"{where}weight of {name!r} is not a number: {value!r}")
+        v = float(value)
+        if not (math.isfinite(v) and v >= 0):
+            raise UserError(f"{where}weight of {name!r} must be finite and >= 0, got {value!r}")
+        out[str(name)] = v
+    if known is not None:
+        unknown = sorted(set(out) - set(known))
+        if unknown:
+            raise UserError(f"{where}unknown source(s) {unknown}; known: {sorted(known)}")
+    if sum(out.values()) <= 0:
+        raise UserError(f"{where}weights must have a positive sum, got {out}")
+    return out
 
 
 def rule(default: Any, check: Rule, **kwargs: Any) -> Any:

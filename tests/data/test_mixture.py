@@ -70,11 +70,11 @@ def test_repetition_warnings(tmp_path):
     ("edit", "message"),
     [
         (("tokens = 10240", "tokens = 10240\nlr = 1"), "unknown key in phases\\[0\\].*'lr'"),
-        (("kjv = 1, peoples", "kjv = -1, peoples"), "weight of 'kjv' must be >= 0"),
-        (("python_docs = 1 }", "wiki = 1 }"), "unknown source 'wiki'"),
+        (("kjv = 1, peoples", "kjv = -1, peoples"), "weight of 'kjv' must be finite and >= 0"),
+        (("python_docs = 1 }", "wiki = 1 }"), r"unknown source\(s\) \['wiki'\]"),
         (("max_epochs = 1.0", "max_epoch = 1.0"), "unknown key in \\[sources.kjv\\]"),
         (("steps = 10", "steps = 10\ntokens = 5"), "exactly one of 'tokens' or 'steps'"),
-        (("weights = { python_docs = 1 }", "weights = {}"), "'weights' is empty"),
+        (("weights = { python_docs = 1 }", "weights = {}"), "weights: no source given"),
     ],
 )
 def test_errors_name_the_key(tmp_path, edit, message):

@@ -147,7 +147,7 @@ def test_stage_order_and_mixture_errors(tmp_path, capsys, corpus):
     mix = tmp_path / "mix.toml"
     mix.write_text('[[phases]]\nname = "lm"\ntokens = 1000\nweights = { kjv = 1, wiki = 1 }\n')
     rc, _, err = run_cli(capsys, "mixture", str(mix), "--workspace", str(ws))
-    assert rc == 2 and "unknown source 'wiki'" in err
+    assert rc == 2 and "unknown source(s) ['wiki']" in err
     elsewhere = tmp_path / "no-workspace"
     rc, _, err = run_cli(capsys, "mixture", str(mix), "--workspace", str(elsewhere))
     assert rc == 2 and "no catalog.sqlite" in err and len(err.strip().splitlines()) == 1

@@ -10,9 +10,9 @@ import torch
 from aquila.engine import checkpoint as ck
 from aquila.engine.callbacks import Callback
 from aquila.engine.checkpoint import STATE_FILE, list_checkpoints
-from aquila.engine.run import prepare_run
 from aquila.model.io import load_model_dir
 from aquila.monitor import store
+from aquila.train.run import prepare_run
 
 
 @pytest.fixture()
@@ -80,7 +80,7 @@ def test_background_checkpoints_equal_synchronous_ones(make_config, tmp_path, sl
 def test_a_crash_keeps_the_checkpoint_being_written(make_config, tmp_path, slow_writes):
     class Crash(Callback):
         def on_step(self, trainer, metrics):
-            if metrics["step"] == 5:
+            if metrics.step == 5:
                 raise RuntimeError("node lost")
 
     cfg = make_config(

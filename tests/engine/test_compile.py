@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from aquila.engine.bench import SyntheticData
 from aquila.engine.config import load_config
 from aquila.engine.trainer import Trainer
 from aquila.errors import EXIT_COMPILE_FAILED, CompileFailed
+from aquila.model.transformer import AquilaModel
+from aquila.train.bench import SyntheticData
 
 
 def _trainer(tmp_path: Path, *overrides: str) -> Trainer:
@@ -28,7 +29,7 @@ def _trainer(tmp_path: Path, *overrides: str) -> Trainer:
         ],
     )
     torch.manual_seed(0)
-    model = cfg.model.build()
+    model = AquilaModel(cfg.model)
     return Trainer(cfg, model, SyntheticData(cfg.model.vocab_size, 16), tmp_path)
 
 

@@ -12,9 +12,9 @@ from aquila.cli import main
 from aquila.engine.callbacks import Callback
 from aquila.engine.checkpoint import list_checkpoints
 from aquila.engine.control import parse_weights
-from aquila.engine.run import prepare_run
 from aquila.engine.rundb import RunDB
 from aquila.errors import UserError
+from aquila.train.run import prepare_run
 
 
 class At(Callback):
@@ -24,7 +24,7 @@ class At(Callback):
         self.k, self.fn = k, fn
 
     def on_step(self, trainer, metrics):
-        if metrics["step"] == self.k:
+        if metrics.step == self.k:
             self.fn(trainer)
 
 

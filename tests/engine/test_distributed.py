@@ -12,6 +12,7 @@ import pytest
 
 from aquila.engine.checkpoint import list_checkpoints
 from aquila.engine.dcp import is_sharded
+from aquila.model.transformer import AquilaModel
 
 
 def _helpers():
@@ -31,7 +32,7 @@ class Twin:
     goes on in this process (the reference), ``b`` under torchrun or another layout."""
 
     def __init__(self, make_config, tmp_path: Path, first: int, *overrides: str):
-        from aquila.engine.run import prepare_run
+        from aquila.train.run import prepare_run
 
         self.tmp = tmp_path
         self.h = _helpers()
@@ -48,7 +49,7 @@ class Twin:
 
     def resume(self, run_dir: Path, steps: int, log: str) -> dict[int, float]:
         """Continue ``run_dir`` in this process to ``steps``; its losses by step."""
-        from aquila.engine.run import prepare_run
+        from aquila.train.run import prepare_run
 
         run = prepare_run(
             resume=run_dir,
@@ -219,9 +220,9 @@ def test_aquila_train_under_torchrun_speaks_once(make_config, tmp_path):
 
 
 def test_layout_must_divide_the_world(make_config, tmp_path):
-    from aquila.engine.run import parallel_plan
-    from aquila.engine.trainer import DistInfo
+    from aquila.engine.distributed import DistInfo
     from aquila.errors import UserError
+    from aquila.train.run import parallel_plan
 
     cfg = make_config("train.tp=2", "train.replicate=2")
     with pytest.raises(UserError, match="train.tp 2 x train.replicate 2 does not divide the 6"):
@@ -246,7 +247,7 @@ def test_sharded_checkpoint_with_optimizer_state_per_group_still_loads(make_conf
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
     from aquila.engine.dcp import DCP_DIR, _flat_optimizer
-    from aquila.engine.run import prepare_run
+    from aquila.train.run import prepare_run
 
     cfg = make_config("train.max_steps=2", "train.checkpoint_every=2", run_dir=tmp_path / "r")
     run = prepare_run(cfg, quiet=True)
@@ -265,7 +266,7 @@ def test_sharded_checkpoint_with_optimizer_state_per_group_still_loads(make_conf
 
 def test_memory_plan_70b_fits_on_256_gpus():
     from aquila.engine.distributed import meta_shard_check
-    from aquila.engine.memory import memory_plan
+    from aquila.engine.plan import memory_plan
     from aquila.model.config import get_preset
 
     cfg = get_preset("aquila2-70b")
@@ -286,7 +287,7 @@ def test_memory_plan_70b_fits_on_256_gpus():
 
 def test_plan_cli(capsys):
     from aquila.cli import main
-    from aquila.engine.memory import memory_plan
+    from aquila.engine.plan import memory_plan
     from aquila.model.config import get_preset
 
     assert main(["plan", "aquila2-70b", "--gpus", "256", "--json"]) == 0
@@ -302,7 +303,9 @@ def test_plan_cli(capsys):
     assert cpu["device"] == "cpu" and cpu["gib"]["baseline"] > 0.05
     assert (
         cpu["params"]
-        == get_preset("aquila-test", hidden_size=128, n_layers=3).build(device="meta").num_params()
+        == AquilaModel(
+            get_preset("aquila-test", hidden_size=128, n_layers=3), device="meta"
+        ).num_params()
     )
     gpu = memory_plan(get_preset("aquila-test", hidden_size=128, n_layers=3), 2)
     assert cpu["gib"]["gathered_blocks"] == pytest.approx(2 * gpu["gib"]["gathered_blocks"])

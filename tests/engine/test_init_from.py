@@ -10,10 +10,10 @@ import torch
 
 from aquila.engine.callbacks import Callback
 from aquila.engine.config import load_config
-from aquila.engine.run import prepare_run
 from aquila.engine.rundb import RunDB
 from aquila.errors import UserError
 from aquila.model.io import load_model_dir, resolve_model_dir, save_model_dir
+from aquila.train.run import prepare_run
 
 
 class FirstLoss(Callback):
@@ -24,7 +24,7 @@ class FirstLoss(Callback):
 
     def on_step(self, trainer, metrics) -> None:
         if self.loss is None:
-            self.loss = float(metrics["loss"])
+            self.loss = float(metrics.loss)
 
 
 def batch_loss(model, data, n: int) -> float:

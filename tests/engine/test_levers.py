@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from aquila.engine.bench import SyntheticData
 from aquila.engine.config import load_config
 from aquila.engine.trainer import Trainer
 from aquila.errors import UserError
+from aquila.model.transformer import AquilaModel
+from aquila.train.bench import SyntheticData
 
 
 def _losses(tmp_path: Path, *overrides: str, steps: int = 2) -> list[float]:
@@ -27,8 +28,10 @@ def _losses(tmp_path: Path, *overrides: str, steps: int = 2) -> list[float]:
         ],
     )
     torch.manual_seed(0)
-    trainer = Trainer(cfg, cfg.model.build(), SyntheticData(cfg.model.vocab_size, 16), tmp_path)
-    return [float(trainer.train_step()["_loss"]) for _ in range(steps)]
+    trainer = Trainer(
+        cfg, AquilaModel(cfg.model), SyntheticData(cfg.model.vocab_size, 16), tmp_path
+    )
+    return [float(trainer.train_step().loss_t) for _ in range(steps)]
 
 
 def test_selective_checkpointing_trains_like_no_checkpointing(tmp_path):
@@ -105,7 +108,7 @@ def test_flash_or_cudnn_attention_is_chosen_on_cuda():
     from aquila.model import get_preset
 
     cfg = get_preset("aquila-test")
-    model = cfg.build(device="cuda")
+    model = AquilaModel(cfg, device="cuda")
     tokens = torch.randint(0, cfg.vocab_size, (2, 65), device="cuda")
     acts = [ProfilerActivity.CUDA, ProfilerActivity.CPU]
     with profile(activities=acts) as prof, torch.autocast("cuda", dtype=torch.bfloat16):
@@ -128,7 +131,7 @@ def test_a_step_has_no_host_sync_on_cuda(tmp_path):
             "optim.warmup_steps=0",
         ],
     )
-    model = cfg.model.build(device="cuda")
+    model = AquilaModel(cfg.model, device="cuda")
     trainer = Trainer(
         cfg, model, SyntheticData(cfg.model.vocab_size, 16), tmp_path, device=torch.device("cuda")
     )

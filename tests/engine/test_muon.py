@@ -14,9 +14,10 @@ from aquila.engine.checkpoint import list_checkpoints
 from aquila.engine.config import OptimConfig, load_config
 from aquila.engine.muon import Muon, MuonWithAdamW
 from aquila.engine.optim import build_optimizer, hidden_matrices, set_lr, single_process_order
-from aquila.engine.run import prepare_run
 from aquila.errors import UserError
 from aquila.model import get_preset
+from aquila.model.transformer import AquilaModel
+from aquila.train.run import prepare_run
 
 
 class Record(Callback):
@@ -24,7 +25,7 @@ class Record(Callback):
         self.losses = {}
 
     def on_step(self, trainer, metrics):
-        self.losses[metrics["step"]] = metrics["loss"]
+        self.losses[metrics.step] = metrics.loss
 
 
 class CrashAfter(Callback):
@@ -32,7 +33,7 @@ class CrashAfter(Callback):
         self.step = step
 
     def on_step(self, trainer, metrics):
-        if metrics["step"] == self.step:
+        if metrics.step == self.step:
             raise RuntimeError("simulated kill")
 
 
@@ -73,7 +74,7 @@ def test_an_expert_stack_is_orthogonalised_expert_by_expert():
 
 
 def test_hidden_matrices_take_muon_the_rest_adamw():
-    model = get_preset("aquila-moe-test").build()
+    model = AquilaModel(get_preset("aquila-moe-test"))
     opt = build_optimizer(model, OptimConfig(name="muon", lr=1e-3))
     assert isinstance(opt, MuonWithAdamW)
     adamw, muon = opt.optimizers
@@ -95,7 +96,7 @@ def test_hidden_matrices_take_muon_the_rest_adamw():
 
 def test_state_dict_round_trip_continues_identically():
     torch.manual_seed(0)
-    model = get_preset("aquila-test").build()
+    model = AquilaModel(get_preset("aquila-test"))
     opt = build_optimizer(model, OptimConfig(name="muon", lr=1e-3))
     x = torch.randint(0, 512, (2, 17))
 
@@ -105,7 +106,7 @@ def test_state_dict_round_trip_continues_identically():
         o.zero_grad()
 
     step(model, opt)
-    twin = get_preset("aquila-test").build()
+    twin = AquilaModel(get_preset("aquila-test"))
     twin.load_state_dict(model.state_dict())
     twin_opt = build_optimizer(twin, OptimConfig(name="muon", lr=1e-3))
     # A copy, as from a file: loading keeps tensors of the right dtype as they are (shared).

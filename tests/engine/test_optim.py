@@ -4,6 +4,7 @@ import torch
 from aquila.engine.config import OptimConfig
 from aquila.engine.optim import BatchRamp, LRSchedule, build_optimizer
 from aquila.model import get_preset
+from aquila.model.transformer import AquilaModel
 
 
 def test_warmup_then_cosine_to_floor():
@@ -19,7 +20,7 @@ def test_warmup_then_cosine_to_floor():
 
 
 def test_weight_decay_on_matrices_only():
-    model = get_preset("aquila-test").build()
+    model = AquilaModel(get_preset("aquila-test"))
     opt = build_optimizer(model, OptimConfig())
     decay, no_decay = opt.param_groups
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0

@@ -6,9 +6,9 @@ from types import SimpleNamespace
 
 import torch
 
-from aquila.engine.commands import _final_report
-from aquila.engine.report import NUCLEUS, SAMPLE_PROMPTS
 from aquila.model import AquilaModel, get_preset
+from aquila.train.commands import _final_report
+from aquila.train.report import NUCLEUS, SAMPLE_PROMPTS
 
 
 def test_final_report_shows_greedy_and_nucleus_samples(tiny_tokenizer, capsys) -> None:

@@ -29,7 +29,7 @@ DRIVER = textwrap.dedent(
 
     from aquila.cli import main as cli
     from aquila.engine.callbacks import Callback
-    from aquila.engine.run import prepare_run
+    from aquila.train.run import prepare_run
 
 
     class Recorder(Callback):
@@ -49,9 +49,9 @@ DRIVER = textwrap.dedent(
                 f.write(json.dumps(row) + "\\n")
 
         def on_step(self, trainer, metrics):
-            if "loss" in metrics and trainer.is_main:
+            if metrics.logged and trainer.is_main:
                 with self.path.with_suffix(".loss").open("a") as f:
-                    f.write(json.dumps([metrics["step"], metrics["loss"], metrics["grad_norm"]]) + "\\n")
+                    f.write(json.dumps([metrics.step, metrics.loss, metrics.grad_norm]) + "\\n")
 
 
     class Control(Callback):
@@ -60,7 +60,7 @@ DRIVER = textwrap.dedent(
             self.run_dir, self.at = str(run_dir), at
 
         def on_step(self, trainer, metrics):
-            argv = self.at.get(metrics["step"])
+            argv = self.at.get(metrics.step)
             if argv and trainer.is_main:
                 assert cli(["control", self.run_dir, *argv]) == 0
 
@@ -70,7 +70,7 @@ DRIVER = textwrap.dedent(
             self.step = step
 
         def on_step(self, trainer, metrics):
-            if metrics["step"] == self.step:
+            if metrics.step == self.step:
                 raise RuntimeError("killed")
 
 
@@ -121,7 +121,7 @@ def test_live_mixture_kill_resume_on_2_then_1_process(make_config, tmp_path):
     run_dir = tmp_path / "run"
     log = tmp_path / "batches.jsonl"
     cfg = make_config("train.max_steps=6", "train.checkpoint_every=2", run_dir=run_dir)
-    from aquila.engine.run import prepare_run
+    from aquila.train.run import prepare_run
 
     control = drv.Control(
         run_dir,

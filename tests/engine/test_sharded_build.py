@@ -67,12 +67,12 @@ class StopAfterFirst(Callback):
         self.loss: float | None = None
 
     def on_step(self, trainer, metrics) -> None:
-        self.loss = float(metrics["loss"])
+        self.loss = float(metrics.loss)
         trainer.request_stop("first step", checkpoint=False)
 
 
 def _first_loss(cfg) -> float:
-    from aquila.engine.run import prepare_run
+    from aquila.train.run import prepare_run
 
     first = StopAfterFirst()
     prepare_run(cfg, quiet=True, callbacks=[first], monitor=False).trainer.fit()
@@ -131,7 +131,7 @@ def test_two_ranks_hold_half_the_model_train_alike_and_match_the_plan(
     script = (
         "import json, sys\n"
         "from aquila.engine.config import load_config\n"
-        "from aquila.engine.memory import memory_plan, process_baseline_bytes\n"
+        "from aquila.engine.plan import memory_plan\nfrom aquila.engine.plan_commands import process_baseline_bytes\n"
         f"cfg = load_config(None, {overrides}).model\n"
         "base = process_baseline_bytes()\n"
         f"print(json.dumps([memory_plan(cfg, n, seq_len={seq_len}, micro_batch=2 // n, "
@@ -154,14 +154,14 @@ LAYOUTS_DRIVER = textwrap.dedent(
     from aquila.engine.callbacks import Callback
     from aquila.engine.config import load_config
     from aquila.engine.distributed import shutdown_distributed
-    from aquila.engine.run import prepare_run
+    from aquila.train.run import prepare_run
 
 
     class StopAfterFirst(Callback):
         def on_step(self, trainer, metrics):
             if trainer.is_main:
                 with open(sys.argv[2], "a") as f:
-                    f.write(json.dumps([sys.argv[3], metrics["loss"]]) + "\\n")
+                    f.write(json.dumps([sys.argv[3], metrics.loss]) + "\\n")
             trainer.request_stop("first step", checkpoint=False)
 
 
@@ -215,7 +215,7 @@ SHARDED_DRIVER = textwrap.dedent(
     from aquila.engine.callbacks import Callback
     from aquila.engine.config import load_config
     from aquila.engine.distributed import shutdown_distributed
-    from aquila.engine.run import prepare_run
+    from aquila.train.run import prepare_run
 
     config, model_dir, sharded_dir, out = sys.argv[1:5]
 
@@ -227,8 +227,8 @@ SHARDED_DRIVER = textwrap.dedent(
         def on_step(self, trainer, metrics):
             if trainer.is_main:
                 with open(f"{out}/losses.jsonl", "a") as f:
-                    f.write(json.dumps([self.name, metrics["step"], metrics["loss"]]) + "\\n")
-            if metrics["step"] == self.stop_after:
+                    f.write(json.dumps([self.name, metrics.step, metrics.loss]) + "\\n")
+            if metrics.step == self.stop_after:
                 trainer.request_stop("done", checkpoint=False)
 
 
@@ -288,7 +288,7 @@ def test_init_from_resume_and_export_stay_sharded(make_config, tmp_path, tiny_to
     write_shards(sharded, groups, lambda names: {n: state[n] for n in names})
     # The reference: one process from the same weights.
     ref = make_config(f"train.init_from='{model_dir}'", "train.max_steps=3", run_dir=tmp_path / "r")
-    from aquila.engine.run import prepare_run
+    from aquila.train.run import prepare_run
 
     prepare_run(ref, quiet=True, monitor=False).trainer.fit()
     expected = _losses(tmp_path / "r")
@@ -360,8 +360,8 @@ def test_every_tool_reads_a_multi_process_checkpoint(make_config, tmp_path, caps
     from safetensors.torch import load_file
 
     from aquila.cli import main
-    from aquila.engine.run import prepare_run
     from aquila.model.io import load_model_dir
+    from aquila.train.run import prepare_run
 
     cfg = make_config("train.max_steps=2", "train.checkpoint_every=2", run_dir=tmp_path / "r")
     prepare_run(cfg, quiet=True, monitor=False).trainer.fit()

@@ -10,8 +10,8 @@ import torch
 from aquila.cli import main
 from aquila.engine.callbacks import Callback
 from aquila.engine.checkpoint import list_checkpoints
-from aquila.engine.run import prepare_run
 from aquila.errors import SaveFailed, UserError
+from aquila.train.run import prepare_run
 
 
 class Record(Callback):
@@ -23,7 +23,7 @@ class Record(Callback):
         self.batches[trainer.state.step + 1] = info["global_indices"].tolist()
 
     def on_step(self, trainer, metrics):
-        self.losses[metrics["step"]] = metrics["loss"]
+        self.losses[metrics.step] = metrics.loss
 
 
 class CrashAfter(Callback):
@@ -31,7 +31,7 @@ class CrashAfter(Callback):
         self.step = step
 
     def on_step(self, trainer, metrics):
-        if metrics["step"] == self.step:
+        if metrics.step == self.step:
             raise RuntimeError("simulated kill")
 
 
@@ -129,7 +129,7 @@ def test_disk_full_during_save_keeps_last_checkpoint(make_config, monkeypatch):
 def test_interrupt_saves_checkpoint_and_stops(make_config):
     class Interrupt(Callback):
         def on_step(self, trainer, metrics):
-            if metrics["step"] == 2:
+            if metrics.step == 2:
                 os.kill(os.getpid(), signal.SIGINT)  # what Ctrl-C sends
 
     run = prepare_run(make_config("train.checkpoint_every=0"), callbacks=[Interrupt()], quiet=True)

@@ -124,7 +124,7 @@ def test_a_rejected_resume_leaves_the_run_resumable(run_copy, capsys):
 def test_mixture_weights_naming_an_unknown_source(train_args, tmp_path, capsys):
     run_dir = tmp_path / "run"
     assert main(train_args(run_dir, "data.weights={kjv=1, bible=1}")) == 2
-    assert "unknown source(s) in mixture: ['bible']" in one_line(capsys.readouterr().err)
+    assert "mixture: unknown source(s) ['bible']" in one_line(capsys.readouterr().err)
     assert not run_dir.exists()
 
 

@@ -16,7 +16,7 @@ BAD = [
         ["set-mixture", "bogus=1"],
         "unknown source(s) ['bogus']; the run's sources are ['kjv', 'news']",
     ),
-    (["set-mixture", "kjv=nan"], "weights must be finite and >= 0"),
+    (["set-mixture", "kjv=nan"], "weight of 'kjv' must be finite and >= 0"),
     (["set-mixture", "kjv=0,news=0"], "positive sum"),
     (["set-mixture", '{"kjv": "x"}'], "is not a number"),
     (["set-lr", "nan"], "argument set-lr VALUE = nan: must be a finite number > 0"),

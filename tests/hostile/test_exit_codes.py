@@ -33,9 +33,9 @@ def test_a_stop_policy_is_a_monitor_stop(train_args, tmp_path, capsys):
             if trainer.state.step == 3:  # step 4's loss: one batch blows up
                 info["loss"].fill_(float("inf"))
 
-    from aquila.engine.commands import _exit_code
     from aquila.engine.config import load_config
-    from aquila.engine.run import prepare_run
+    from aquila.train.commands import _exit_code
+    from aquila.train.run import prepare_run
 
     args = train_args(tmp_path / "run", "monitor.nonfinite.policy='stop'")
     sets = [args[i + 1] for i, a in enumerate(args) if a == "--set"]

@@ -146,8 +146,9 @@ def test_continue_still_fails_when_the_final_checkpoint_cannot_be_written(
 
 def test_a_second_ctrl_c_during_a_save_leaves_no_temporary_dir(run_copy, monkeypatch):
     from aquila.model.config import get_preset
+    from aquila.model.transformer import AquilaModel
 
-    model = get_preset("aquila-test").build()
+    model = AquilaModel(get_preset("aquila-test"))
     _fail_writes(monkeypatch, KeyboardInterrupt())
     with pytest.raises(KeyboardInterrupt):
         save_checkpoint(run_copy, 9, model, {"x": 1})
@@ -193,6 +194,7 @@ def test_real_writer_errors(run_copy, limit, writer):
 
 TMPFS = """
 import hashlib, json, os, subprocess, sys
+from aquila.model.transformer import AquilaModel
 run = sys.argv[1]
 def names():
     return sorted(os.listdir(os.path.join(run, "checkpoints")))

@@ -205,8 +205,8 @@ def test_a_data_dir_that_cannot_keep_the_scan_still_opens(data_copy):
 
 def test_a_live_add_source_of_a_damaged_shard_is_rejected(data_copy, tiny_config, tmp_path):
     from aquila.engine.callbacks import Callback
-    from aquila.engine.run import prepare_run
     from aquila.engine.rundb import RunDB
+    from aquila.train.run import prepare_run
 
     _token(9999)(data_copy / "news")
     cfg = tiny_config(
@@ -222,7 +222,7 @@ def test_a_live_add_source_of_a_damaged_shard_is_rejected(data_copy, tiny_config
 
     class AddAfterFirst(Callback):
         def on_step(self, trainer, metrics):
-            if metrics["step"] == 1:
+            if metrics.step == 1:
                 assert main(["control", d, "add-source", "news"]) == 0  # queued
 
     run.trainer.callbacks.append(AddAfterFirst())

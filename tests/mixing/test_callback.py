@@ -4,8 +4,8 @@ import pytest
 
 from aquila.engine.callbacks import Callback
 from aquila.engine.checkpoint import list_checkpoints
-from aquila.engine.run import prepare_run
 from aquila.mixing import MixingCallback, PolicyConfig
+from aquila.train.run import prepare_run
 
 ODM = {"name": "odm", "every": 3, "warmup": 3, "min_weight": 0.1}
 
@@ -18,8 +18,8 @@ class Record(Callback):
         self.batches[trainer.state.step + 1] = info["global_indices"].tolist()
 
     def on_step(self, trainer, metrics):
-        if "loss" in metrics:
-            self.losses[metrics["step"]] = metrics["loss"]
+        if metrics.logged:
+            self.losses[metrics.step] = metrics.loss
 
 
 class CrashAfter(Callback):
@@ -106,7 +106,7 @@ def test_manual_set_mixture_pauses_policy_until_handed_back(mix_config, at_step)
 
     def override(trainer):
         trainer.data.set_weights(trainer.state.samples, manual)
-        trainer.record("set-mixture", weights=manual, by="user")
+        trainer.record("command", command="set-mixture", args={"weights": manual}, by="user")
 
     run = prepare_run(
         mix_config("train.max_steps=16"),

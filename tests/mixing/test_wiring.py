@@ -6,9 +6,9 @@ import sys
 import pytest
 
 from aquila.cli import main as cli
-from aquila.engine.run import prepare_run
 from aquila.errors import UserError
 from aquila.mixing import MixingCallback
+from aquila.train.run import prepare_run
 
 MIXTURE = """
 [[phases]]
@@ -70,7 +70,7 @@ def test_auto_mixture_without_policy_is_rejected(mix_config, capsys):
 
     class AfterFirstStep(Callback):  # the run's config exists once it trains
         def on_step(self, trainer, metrics):
-            if metrics["step"] == 1:
+            if metrics.step == 1:
                 self.rc = cli(["control", str(trainer.run_dir), "auto-mixture", "on"])
                 # Queued behind the CLI's back, the trainer rejects it and changes nothing.
                 RunDB(trainer.run_dir).enqueue("auto-mixture", on=True)

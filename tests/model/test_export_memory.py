@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from aquila.model.transformer import AquilaModel
+
 MEASURE = textwrap.dedent(
     """
     import json, sys
@@ -81,7 +83,7 @@ def test_export_memory_is_bounded_by_a_shard(tmp_path: Path) -> None:
         n_kv_heads=4,
         ffn_size=2816,
     )
-    model = materialize(cfg.build(device="meta"), "cpu")
+    model = materialize(AquilaModel(cfg, device="meta"), "cpu")
     init_weights(model, seed=0)
     src = tmp_path / "ckpt"
     src.mkdir()

@@ -191,7 +191,7 @@ def test_cli_generate_repetition_penalty(model_dir: Path, capsys) -> None:
 
 
 def test_report_samples_greedy_and_seeded_nucleus(make_model, tiny_tokenizer) -> None:
-    from aquila.engine.report import SAMPLE_PROMPTS, report_samples
+    from aquila.train.report import SAMPLE_PROMPTS, report_samples
 
     model = make_model()
     greedy = report_samples(model, tiny_tokenizer, 24)

@@ -7,6 +7,7 @@ import torch
 
 from aquila.model import get_preset
 from aquila.model.loss import auto_chunk_tokens, linear_cross_entropy
+from aquila.model.transformer import AquilaModel
 
 
 def _grads(impl: str, h, w, t, chunk=0):
@@ -37,7 +38,7 @@ def test_chunked_equals_full(chunk):
 def test_model_losses_and_gradients_match():
     cfg = get_preset("aquila-test")
     torch.manual_seed(0)
-    model = cfg.build()
+    model = AquilaModel(cfg)
     tokens = torch.randint(0, cfg.vocab_size, (2, 17))
     out = {}
     for impl in ("full", "chunked"):

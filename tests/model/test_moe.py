@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from aquila.model import count_params, get_preset
 from aquila.model.moe import MoEFFN, expert_utilisation, moe_aux_loss
+from aquila.model.transformer import AquilaModel
 
 
 def _moe(seed: int = 0, **overrides) -> MoEFFN:
@@ -87,8 +88,8 @@ def test_aux_loss_on_collapsed_router():
 
 def test_model_aux_loss_and_utilisation():
     cfg = get_preset("aquila-moe-test", extra={"aux_loss_coef": 0.5, "z_loss_coef": 0.25})
-    model = cfg.build()
-    dense = get_preset("aquila-test").build()
+    model = AquilaModel(cfg)
+    dense = AquilaModel(get_preset("aquila-test"))
     assert moe_aux_loss(dense).item() == 0.0 and expert_utilisation(dense) == []
     model(torch.randint(0, cfg.vocab_size, (2, 16)))
     layers = [m for m in model.modules() if isinstance(m, MoEFFN)]
@@ -117,7 +118,7 @@ def test_preset_param_counts():
 def _random_moe_model(seed: int = 0):
     extra = {"aux_loss_coef": 0.002, "z_loss_coef": 0.02, "router_std": 0.03}
     cfg = get_preset("aquila-moe-test", init_std=0.2, extra=extra)
-    model = cfg.build()
+    model = AquilaModel(cfg)
     model.reset_parameters(torch.Generator().manual_seed(seed))
     with torch.no_grad():
         for p in model.parameters():

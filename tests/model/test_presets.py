@@ -9,6 +9,7 @@ import torch
 
 from aquila.cli import main
 from aquila.model import count_params, flops_per_token, get_preset
+from aquila.model.transformer import AquilaModel
 
 PUBLISHED = {"aquila2-7b": 7.30e9, "aquila2-34b": 33.7e9, "aquila2-70b": 70.1e9}
 
@@ -32,14 +33,14 @@ def test_published_init_std():
 
 def test_gqa_shares_kv_heads_and_matches_explicit_repeat():
     torch.manual_seed(0)
-    model = get_preset("aquila-test").build()  # 4 query heads, 2 key/value heads
+    model = AquilaModel(get_preset("aquila-test"))  # 4 query heads, 2 key/value heads
     attn = model.layers[0].self_attn
     assert attn.k_proj.weight.shape == (2 * 16, 64) and attn.q_proj.weight.shape == (4 * 16, 64)
     x = torch.randn(1, 8, 64)
     cos, sin = model.rope_cos[:8], model.rope_sin[:8]
     out = attn(x, cos, sin)
     # The same layer with K/V duplicated into 4 full heads computes the same function.
-    full = get_preset("aquila-test", n_kv_heads=4).build().layers[0].self_attn
+    full = AquilaModel(get_preset("aquila-test", n_kv_heads=4)).layers[0].self_attn
     with torch.no_grad():
         full.q_proj.weight.copy_(attn.q_proj.weight)
         full.o_proj.weight.copy_(attn.o_proj.weight)
@@ -50,15 +51,15 @@ def test_gqa_shares_kv_heads_and_matches_explicit_repeat():
 
 
 def test_rope_linear_scaling_divides_positions():
-    base = get_preset("aquila-test").build()
-    scaled = get_preset("aquila-test", rope_scaling=2.0).build()
+    base = AquilaModel(get_preset("aquila-test"))
+    scaled = AquilaModel(get_preset("aquila-test", rope_scaling=2.0))
     torch.testing.assert_close(scaled.rope_cos[10], base.rope_cos[5])
     torch.testing.assert_close(scaled.rope_sin[2], base.rope_sin[1])
 
 
 def test_kv_cache_decoding_matches_full_forward():
     torch.manual_seed(0)
-    model = get_preset("aquila-test", init_std=0.2).build().eval()
+    model = AquilaModel(get_preset("aquila-test", init_std=0.2)).eval()
     tokens = torch.randint(0, 512, (2, 20))
     with torch.no_grad():
         full = model(tokens)

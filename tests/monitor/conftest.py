@@ -40,8 +40,8 @@ def make_config(shard_dir, tiny_config, heldout_dir, tmp_path):
 @pytest.fixture(scope="session")
 def monitored_run(shard_dir, tiny_config, heldout_dir, tmp_path_factory) -> Path:
     """A finished 12-step run of the aquila-test model with every monitor callback attached."""
-    from aquila.engine.run import prepare_run
     from aquila.monitor import MonitorOptions, monitor_callbacks
+    from aquila.train.run import prepare_run
 
     run_dir = tmp_path_factory.mktemp("monitored") / "run"
     cfg = tiny_config(

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from aquila.engine.run import prepare_run
 from aquila.monitor import MonitorOptions, monitor_callbacks, store
 from aquila.monitor.dashboard import serve
+from aquila.train.run import prepare_run
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = [

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from aquila.engine.run import prepare_run
 from aquila.monitor import MonitorOptions, monitor_callbacks, store
 from aquila.monitor.evaluator import EvalTrigger
 from aquila.monitor.policies import AnomalyMonitor
+from aquila.train.run import prepare_run
 
 
 def _opts(**kw) -> MonitorOptions:
@@ -147,7 +147,7 @@ REWIND_DRIVER = """
 import importlib.util, json, sys
 from aquila.engine.config import load_config
 from aquila.engine.distributed import shutdown_distributed
-from aquila.engine.run import prepare_run
+from aquila.train.run import prepare_run
 from aquila.monitor import MonitorOptions
 from aquila.monitor.policies import AnomalyMonitor
 
@@ -355,9 +355,9 @@ def test_evaluator_scores_the_runs_own_text_and_tasks_like_aquila_eval(make_conf
     `aquila eval RUN` writes; malformed task files are refused when training starts."""
     import json
 
-    from aquila.engine.config import load_config
     from aquila.errors import UserError
     from aquila.monitor.evaluator import check_tasks, evaluate_checkpoint
+    from aquila.train.config import load_config
 
     text = tmp_path / "mine"
     text.mkdir()

@@ -1,6 +1,6 @@
 import pytest
 
-from aquila.engine.run import prepare_run
+from aquila.train.run import prepare_run
 
 
 def test_tensorboard_event_files_are_written(make_config):

@@ -4,6 +4,7 @@ import torch
 
 from aquila.model.config import get_preset
 from aquila.model.io import save_model_dir
+from aquila.model.transformer import AquilaModel
 from aquila.monitor.trajectory import (
     checkpoint_curves,
     curve_points,
@@ -45,7 +46,7 @@ def test_frechet_bounds_against_pointwise_distance():
 
 def test_identical_checkpoints_have_zero_distance(tmp_path):
     torch.manual_seed(0)
-    model = get_preset("aquila-test").build()
+    model = AquilaModel(get_preset("aquila-test"))
     save_model_dir(model, tmp_path / "a")
     save_model_dir(model, tmp_path / "b")
     a, b = checkpoint_curves(tmp_path / "a"), checkpoint_curves(tmp_path / "b")

@@ -61,8 +61,8 @@ def test_settle_criterion_and_verdict():
 
 
 def test_two_phase_run_report_png_and_dashboard(make_config, tmp_path, capsys):
-    from aquila.engine.run import prepare_run
     from aquila.monitor.dashboard import Dashboard
+    from aquila.train.run import prepare_run
 
     mix = tmp_path / "phases.toml"
     mix.write_text(

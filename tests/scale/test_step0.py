@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from aquila.model import get_preset
+from aquila.model.transformer import AquilaModel
 from aquila.scale import grow, upcycle
 
 
@@ -17,7 +18,7 @@ def _train(tokenizer, text: str, steps: int, layers: int = 2):
     torch.manual_seed(0)
     ids = torch.tensor(tokenizer.encode(text))
     cfg = get_preset("aquila-test", n_heads=8, n_kv_heads=2, n_layers=layers, ffn_size=176)
-    model = cfg.build()
+    model = AquilaModel(cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, betas=(0.9, 0.95), weight_decay=0.1)
     for _ in range(steps):
         start = torch.randint(0, len(ids) - 65, (16,))

@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import math
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from aquila.checks import check_weights
 from aquila.errors import UserError
 
 if sys.version_info >= (3, 11):
@@ -29,7 +31,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-# [policy]: an online mixture policy (aquila.mixing), validated here so one check covers the file.
+# [policy]: an online mixture policy, kept as written here and validated by aquila.mixing.
 TOP_KEYS = {"name", "default_max_epochs", "sources", "phases", "policy"}
 PHASE_KEYS = {"name", "weights", "tokens", "steps"}
 SOURCE_KEYS = {"max_epochs"}
@@ -56,6 +58,8 @@ class MixturePlan:
     phases: tuple[Phase, ...]
     max_epochs: dict[str, float]
     default_max_epochs: float = 4.0
+    # The [policy] table as written (aquila.mixing validates it), None without one.
+    policy: dict[str, Any] | None = field(default=None, compare=False)
 
     @property
     def sources(self) -> list[str]:
@@ -102,10 +106,9 @@ def parse_mixture(text: str, path: Path, known_sources: set[str] | None = None) 
     except tomllib.TOMLDecodeError as exc:
         raise UserError(f"{path}: invalid TOML ({exc})") from None
     _unknown(raw, TOP_KEYS, "", path)
-    if "policy" in raw:
-        from aquila.mixing.config import PolicyConfig
-
-        PolicyConfig.from_dict(raw["policy"], where=f"{path}: [policy]")
+    policy = raw.get("policy")
+    if policy is not None and not isinstance(policy, dict):
+        raise UserError(f"{path}: [policy] must be a table")
     limits = raw.get("sources", {})
     for name, spec in limits.items():
         _unknown(spec, SOURCE_KEYS, f"in [sources.{name}]: ", path)
@@ -117,18 +120,8 @@ def parse_mixture(text: str, path: Path, known_sources: set[str] | None = None) 
         pname = p.get("name", f"phase{i}")
         where = f"phases[{i}] ({pname})"
         _unknown(p, PHASE_KEYS, f"in {where}: ", path)
-        weights = p.get("weights") or {}
-        if not weights:
-            raise UserError(f"{path}: {where}: 'weights' is empty")
-        for s, w in weights.items():
-            if not isinstance(w, (int, float)) or w < 0:
-                raise UserError(f"{path}: {where}: weight of {s!r} must be >= 0, got {w!r}")
-            if known_sources is not None and s not in known_sources:
-                known = ", ".join(sorted(known_sources)) or "none"
-                raise UserError(f"{path}: {where}: unknown source {s!r} (known: {known})")
+        weights = check_weights(p.get("weights"), known_sources, f"{path}: {where}: ")
         total = float(sum(weights.values()))
-        if total <= 0:
-            raise UserError(f"{path}: {where}: weights sum to 0")
         if ("tokens" in p) == ("steps" in p):
             raise UserError(f"{path}: {where}: give exactly one of 'tokens' or 'steps'")
         length = p.get("tokens", p.get("steps"))
@@ -149,7 +142,9 @@ def parse_mixture(text: str, path: Path, known_sources: set[str] | None = None) 
     default = raw.get("default_max_epochs", 4.0)
     if not isinstance(default, (int, float)) or default <= 0:
         raise UserError(f"{path}: default_max_epochs must be > 0, got {default!r}")
-    return MixturePlan(raw.get("name", path.stem), tuple(phases), max_epochs, float(default))
+    return MixturePlan(
+        raw.get("name", path.stem), tuple(phases), max_epochs, float(default), policy
+    )
 
 
 def load_mixture(path: Path | str, known_sources: set[str] | None = None) -> MixturePlan:

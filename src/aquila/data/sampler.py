@@ -33,6 +33,9 @@ from functools import lru_cache
 
 import numpy as np
 
+from aquila.checks import check_weights
+from aquila.errors import UserError
+
 FRAC_BITS = 24
 # g * 2**FRAC_BITS must fit in int64: 2**39 samples is 2.2e15 tokens at seq_len 4096.
 MAX_INDEX = 1 << (63 - FRAC_BITS)
@@ -60,17 +63,12 @@ class MixtureHistory:
                 f"mixture change at sample {from_g} is before the last change at "
                 f"{self.segments[-1][0]}: the past cannot be changed"
             )
-        if known is not None:
-            unknown = sorted(set(weights) - set(known))
-            if unknown:
-                raise ValueError(f"unknown source(s) {unknown}; known: {sorted(known)}")
-        bad = {k: v for k, v in weights.items() if not (float(v) >= 0 and np.isfinite(v))}
-        if bad:
-            raise ValueError(f"mixture weights must be finite and >= 0, got {bad}")
-        total = float(sum(float(v) for v in weights.values()))
-        if total <= 0:
-            raise ValueError(f"mixture weights must have a positive sum, got {weights}")
-        normed = {k: float(v) / total for k, v in sorted(weights.items())}
+        try:
+            weights = check_weights(weights, None if known is None else set(known), "mixture: ")
+        except UserError as exc:
+            raise ValueError(str(exc)) from None
+        total = sum(weights.values())
+        normed = {k: v / total for k, v in sorted(weights.items())}
         kept = (
             self.segments[:-1]
             if self.segments and self.segments[-1][0] == from_g

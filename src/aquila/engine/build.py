@@ -34,7 +34,7 @@ def build_model(
     from aquila.model.init import init_weights
     from aquila.model.io import load_weights_into, materialize, open_weights
 
-    model = cfg.model.build(device="meta")
+    model = AquilaModel(cfg.model, device="meta")
     if plan.world > 1:
         parallelize(model, plan, device)
     materialize(model, device)  # each rank allocates its shards, nothing more

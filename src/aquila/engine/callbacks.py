@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from aquila.engine.step import StepMetrics
     from aquila.engine.trainer import Trainer
 
 
@@ -28,9 +29,10 @@ class Callback:
         (``loss``, ``grad_norm``) and the batch's ``source_ids``/``global_indices``; a callback may
         call ``trainer.skip_update(reason)`` (reading a tensor here costs a host sync on GPU)."""
 
-    def on_step(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
-        """After each optimizer step. On logging steps ``metrics`` holds plain numbers (loss,
-        grad_norm, source_loss, tokens_per_s, ...); on other steps device tensors under ``_`` keys."""
+    def on_step(self, trainer: Trainer, metrics: StepMetrics) -> None:
+        """After each optimizer step. ``metrics`` always holds the step's device tensors
+        (loss, per-source loss sums and counts); on logging steps (``metrics.logged``) also the
+        plain numbers (loss, grad_norm, source_loss, tokens_per_s, ...)."""
 
     def before_save(self, trainer: Trainer) -> None:
         """On every rank as a checkpoint starts (a collective moment in a multi-process run):
@@ -53,17 +55,17 @@ class MetricsLog(Callback):
     def __init__(self, path: Path):
         self.path = path
 
-    def on_step(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
-        if trainer.is_main and "loss" in metrics:
+    def on_step(self, trainer: Trainer, metrics: StepMetrics) -> None:
+        if trainer.is_main and metrics.logged:
             try:
-                append_line(self.path, json.dumps(metrics) + "\n")
+                append_line(self.path, json.dumps(metrics.row()) + "\n")
             except OSError as exc:
                 from aquila.engine.checkpoint import latest_checkpoint
                 from aquila.errors import RunFileFailed
 
                 last = latest_checkpoint(trainer.run_dir)
                 raise RunFileFailed(
-                    f"{self.path}: step {metrics.get('step')} not logged: "
+                    f"{self.path}: step {metrics.step} not logged: "
                     f"{exc.strerror or exc}; the training stopped, the latest checkpoint is "
                     f"{last or 'none'} (free space, then `aquila train --resume "
                     f"{trainer.run_dir}`)"
@@ -123,23 +125,20 @@ class ProgressReporter(Callback):
         )
         self._progress.start()
 
-    def on_step(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
-        if not trainer.is_main or "loss" not in metrics:
+    def on_step(self, trainer: Trainer, metrics: StepMetrics) -> None:
+        if not trainer.is_main or not metrics.logged:
             return
-        info = (
-            f"loss {metrics['loss']:.4f}  {metrics['tokens_per_s']:,.0f} tok/s  "
-            f"lr {metrics['lr']:.2e}"
-        )
-        if metrics.get("mfu") is not None:
-            info += f"  MFU {metrics['mfu']:.1%}"
-        if metrics.get("peak_memory"):
-            info += f"  mem {metrics['peak_memory'] / 1024**3:.2f} GiB"
+        info = f"loss {metrics.loss:.4f}  {metrics.tokens_per_s:,.0f} tok/s  lr {metrics.lr:.2e}"
+        if metrics.mfu is not None:
+            info += f"  MFU {metrics.mfu:.1%}"
+        if metrics.peak_memory:
+            info += f"  mem {metrics.peak_memory / 1024**3:.2f} GiB"
         if self._progress is not None:
-            self._progress.update(self._task, completed=metrics["step"], info=info)
+            self._progress.update(self._task, completed=metrics.step, info=info)
         else:
-            eta = format_eta(metrics.get("eta_s", 0.0))
+            eta = format_eta(metrics.eta_s or 0.0)
             print(
-                f"step {metrics['step']}/{self.total}  {info}  eta {eta}",
+                f"step {metrics.step}/{self.total}  {info}  eta {eta}",
                 file=self.stream,
                 flush=True,
             )

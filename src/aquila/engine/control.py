@@ -18,36 +18,22 @@ run reads the same data as the lost one.
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aquila.checks import check_value, number
+from aquila.data.mixture import check_weights
 from aquila.engine.callbacks import Callback
+from aquila.engine.history import COMMANDS, REPLAYED, TRANSIENT, Event
 from aquila.errors import UserError
 
 if TYPE_CHECKING:
     from aquila.engine.rundb import RunDB
     from aquila.engine.trainer import Trainer
 
-KINDS = (
-    "set-mixture",
-    "set-lr",
-    "set-phase",
-    "add-source",
-    "auto-mixture",
-    "pause",
-    "resume",
-    "checkpoint-now",
-    "stop",
-)
-# Commands that change what later steps compute; only these are re-applied after a resume.
-REPLAYED = {"set-mixture", "set-lr", "set-phase", "add-source", "auto-mixture"}
-# Commands for the training running now: one queued while none ran is refused by the CLI and,
-# queued behind its back, rejected by the next training rather than stopping it at once.
-TRANSIENT = {"pause", "resume", "checkpoint-now", "stop"}
+KINDS = COMMANDS
 MAX_LR = 1.0
 LR_VALUE = number(above=0, at_most=MAX_LR)
 LR_SCALE = number(above=0)
@@ -83,18 +69,7 @@ def parse_weights(text: str) -> dict[str, float]:
             out[str(name)] = float(value)
         except (TypeError, ValueError):
             raise UserError(f"weights: weight of {name!r} is not a number: {value!r}") from None
-    check_weights(out)
-    return out
-
-
-def check_weights(weights: dict[str, float]) -> None:
-    if not weights:
-        raise UserError("weights: no source given")
-    bad = {k: v for k, v in weights.items() if not (math.isfinite(v) and v >= 0)}
-    if bad:
-        raise UserError(f"weights must be finite and >= 0, got {bad}")
-    if sum(weights.values()) <= 0:
-        raise UserError(f"weights must have a positive sum, got {weights}")
+    return check_weights(out)
 
 
 def check_lr(args: dict[str, Any]) -> None:
@@ -119,8 +94,7 @@ class RunContext:
 
     @classmethod
     def from_run_dir(cls, run_dir: Path) -> RunContext:
-        from aquila.engine.config import load_config
-        from aquila.engine.run import CONFIG_FILE
+        from aquila.engine.config import CONFIG_FILE, load_config
 
         path = Path(run_dir) / CONFIG_FILE
         if not path.is_file():
@@ -139,10 +113,9 @@ class RunContext:
         phases, has_policy = [], False
         if cfg.data.mixture:
             from aquila.data.mixture import load_mixture
-            from aquila.mixing.config import load_policy_config
 
-            phases = [p.name for p in load_mixture(cfg.data.mixture).phases]
-            has_policy = load_policy_config(cfg.data.mixture) is not None
+            plan = load_mixture(cfg.data.mixture)
+            phases, has_policy = [p.name for p in plan.phases], plan.policy is not None
         return cls(available, phases, has_policy, loaded)
 
 
@@ -153,7 +126,7 @@ def validate(kind: str, args: dict[str, Any], ctx: RunContext | None = None) -> 
     known = set(ctx.available_sources) if ctx and ctx.available_sources is not None else None
     loaded = set(ctx.loaded_sources) if ctx and ctx.loaded_sources is not None else known
     if kind == "set-mixture":
-        check_weights(args.get("weights") or {})
+        check_weights(args.get("weights"))
         if loaded is not None:
             unknown = sorted(set(args["weights"]) - loaded)
             if unknown:
@@ -197,16 +170,17 @@ class ControlCallback(Callback):
         run_dir: Path,
         db: RunDB | None = None,
         poll_seconds: float = 0.5,
-        mixture: str = "",
         since: float | None = None,
+        has_policy: bool = False,
     ):
         """``since``: when this training took the run directory; a pause, stop or
-        checkpoint-now queued before then was meant for no training now running."""
+        checkpoint-now queued before then was meant for no training now running.
+        ``has_policy``: an online mixture policy runs, which auto-mixture switches."""
         self.run_dir = Path(run_dir)
         self._db = db
         self.poll_seconds = poll_seconds
-        self.mixture = mixture
         self.since = since
+        self.has_policy = has_policy
         self.paused = False
         self._phases: list[tuple[int, str, dict[str, float]]] = []
         self._replay: list[dict[str, Any]] = []
@@ -221,19 +195,13 @@ class ControlCallback(Callback):
 
     # -- hooks --------------------------------------------------------------------------------
     def on_start(self, trainer: Trainer) -> None:
-        if self.mixture:
-            from aquila.data.mixture import load_mixture
-
-            cfg = trainer.cfg
-            plan = load_mixture(self.mixture)
-            segs = plan.segments(cfg.data.seq_len, cfg.train.batch_size)
-            self._phases = [(g, p.name, w) for (g, w), p in zip(segs, plan.phases)]
+        self._phases = trainer.data.phases(trainer.cfg.train.batch_size)
         if trainer.is_main:
             self._replay = self._lost_commands(trainer)
 
     def before_step(self, trainer: Trainer) -> None:
         self._boundary(trainer)
-        while self.paused and not trainer._stop_reason:
+        while self.paused and not trainer.stop_requested:
             time.sleep(self.poll_seconds)
             self._boundary(trainer)
 
@@ -268,7 +236,7 @@ class ControlCallback(Callback):
                     step, "command", f"rejected {kind}: {exc}", "warning", id=cmd["id"]
                 )
             return
-        trainer.record("command", id=cmd.get("id"), command=kind, args=args, **details)
+        trainer.record(Event.COMMAND, id=cmd.get("id"), command=kind, args=args, **details)
         if trainer.is_main:
             if cmd.get("origin") == "queue":
                 self.db.resolve(cmd["id"], "applied", step)
@@ -287,21 +255,18 @@ class ControlCallback(Callback):
             if index is None:
                 have = ", ".join(p[1] for p in self._phases) or "none (no mixture file)"
                 raise Rejected(f"unknown phase {args['name']!r}; phases: {have}")
-            _reject_on(data.set_weights, samples, self._phases[index][2])
+            _reject_on(data.set_weights, samples, self._phases[index][2], args["name"])
             return {"weights": data.current_weights(), "skip_through": index}
         if kind == "add-source":
             return self._add_source(trainer, args["name"], float(args.get("weight", 0.0)))
         if kind == "set-lr":
-            sched = trainer.schedule
             if "scale" in args:
-                sched.scale *= float(args["scale"])
+                scale = trainer.scale_lr(float(args["scale"]))
             else:
-                sched.scale = float(args["value"]) / max(sched.base_lr(trainer.state.step), 1e-30)
-            return {"scale": sched.scale, "lr": sched(trainer.state.step)}
+                scale = trainer.set_lr(float(args["value"]))
+            return {"scale": scale, "lr": trainer.schedule(trainer.state.step)}
         if kind == "auto-mixture":
-            from aquila.mixing.callback import MixingCallback
-
-            if not any(isinstance(cb, MixingCallback) for cb in trainer.callbacks):
+            if not self.has_policy:
                 raise Rejected("the run has no mixture policy to switch")
             # The MixingCallback reads this entry from the history at the same boundary.
             return {"on": bool(args["on"])}
@@ -310,7 +275,7 @@ class ControlCallback(Callback):
         elif kind == "resume":
             self.paused = False
         elif kind == "checkpoint-now":
-            trainer.try_save()
+            trainer.request_checkpoint()
         elif kind == "stop":
             self.paused = False
             trainer.request_stop("stopped by command", checkpoint=True)
@@ -320,39 +285,27 @@ class ControlCallback(Callback):
         data = trainer.data
         if data.current_weights().get(name, 0.0) > 0:
             raise Rejected(f"source {name!r} is already in the mixture")
-        loaded = name in data.sources
-        if not loaded:
-            from aquila.data.shards import load_sources
-
-            any_src = next(iter(data.sources.values()))
-            data_dir = Path(any_src.dir).parent
-            new = _reject_on(
-                load_sources,
-                data_dir,
-                [name],
-                any_src.tokenizer_hash,
-                trainer.cfg.model.vocab_size,
-            )[name]
-            chunks = new.num_chunks(data.seq_len)
-            if chunks == 0:
-                raise Rejected(f"source {name!r} holds fewer than seq_len+1 tokens")
-            data.sources[name], data.num_chunks[name] = new, chunks
         weights = {k: v * (1.0 - weight) for k, v in data.current_weights().items()}
         weights[name] = weight
-        try:
-            data.set_weights(trainer.state.samples, weights)
-        except (UserError, ValueError) as exc:
-            if not loaded:
-                del data.sources[name], data.num_chunks[name]
-            raise Rejected(str(exc)) from None
-        cfg = trainer.cfg
-        if cfg.data.sources and name not in cfg.data.sources:
-            # The resolved config lists the run's sources: resume must load this one too.
-            cfg.data.sources = sorted([*cfg.data.sources, name])
-            if trainer.is_main:
-                from aquila.engine.run import CONFIG_FILE
+        if name in data.sources:
+            _reject_on(data.set_weights, trainer.state.samples, weights)
+            return {"weights": data.current_weights()}
+        from aquila.data.shards import load_sources
 
-                cfg.save(self.run_dir / CONFIG_FILE)
+        any_src = next(iter(data.sources.values()))
+        new = _reject_on(
+            load_sources,
+            Path(any_src.dir).parent,
+            [name],
+            any_src.tokenizer_hash,
+            trainer.cfg.model.vocab_size,
+        )[name]
+        listed = list(trainer.cfg.data.sources)
+        _reject_on(trainer.add_source, name, new, weights)
+        if trainer.is_main and trainer.cfg.data.sources != listed:
+            from aquila.engine.config import CONFIG_FILE
+
+            trainer.cfg.save(self.run_dir / CONFIG_FILE)  # resume must open this source too
         return {"weights": data.current_weights()}
 
     def _scheduled_phases(self, trainer: Trainer) -> None:
@@ -367,7 +320,7 @@ class ControlCallback(Callback):
                 continue
             g = max(from_g, start)
             try:
-                trainer.data.set_weights(g, weights)
+                trainer.data.set_weights(g, weights, name)
             except (UserError, ValueError) as exc:
                 if trainer.is_main:
                     self.db.add_event(
@@ -375,7 +328,7 @@ class ControlCallback(Callback):
                     )
                 continue
             entry = trainer.record(
-                "command",
+                Event.COMMAND,
                 id=None,
                 command="phase",
                 phase=name,

@@ -22,8 +22,25 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from aquila.engine.trainer import DistInfo
 from aquila.errors import UserError
+from aquila.model.transformer import AquilaModel
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world: int = 1
+    # Tensor-parallel group size: ranks rank // tp * tp ... + tp - 1 read the same batch.
+    tp: int = 1
+
+    @property
+    def dp_world(self) -> int:
+        """Data-parallel replicas: how many ways each global batch is split."""
+        return self.world // self.tp
+
+    @property
+    def dp_rank(self) -> int:
+        return self.rank // self.tp
 
 
 @dataclass
@@ -264,7 +281,7 @@ def meta_shard_check(cfg, tp: int = 1) -> dict:
         dist.init_process_group("gloo", init_method=f"file://{store.name}", rank=0, world_size=1)
         started = True
     try:
-        model = cfg.build(device="meta")
+        model = AquilaModel(cfg, device="meta")
         mesh = build_mesh(ParallelPlan(1), "cpu")
         apply_fsdp(model, mesh, "cpu")
         params = list(model.parameters())

@@ -27,7 +27,8 @@ from aquila.engine.callbacks import Callback
 from aquila.errors import RunDirBusy, UserError
 
 if TYPE_CHECKING:
-    from aquila.engine.trainer import DistInfo, Trainer
+    from aquila.engine.distributed import DistInfo
+    from aquila.engine.trainer import Trainer
 
 LOCK_FILE = "trainer.lock"
 # A probe (`running_trainer`) holds a shared lock for an instant: a starting training retries

@@ -27,12 +27,16 @@ from aquila.engine.checkpoint import (
 )
 from aquila.engine.config import TrainConfig
 from aquila.engine.device import autocast_dtype, peak_flops, peak_memory_bytes
+from aquila.engine.distributed import DistInfo
+from aquila.engine.history import Event
 from aquila.engine.levers import apply_fp8, check_device_levers, checkpoint_kwargs, sdpa_context
 from aquila.engine.optim import BatchRamp, LRSchedule, build_optimizer, set_lr
+from aquila.engine.step import StepMetrics
 from aquila.errors import SaveFailed, UserError
 from aquila.model.transformer import AquilaModel, flops_per_token
 
 if TYPE_CHECKING:
+    from aquila.data.stream import TrainData
     from aquila.engine.async_checkpoint import PendingCheckpoint
 
 
@@ -43,23 +47,6 @@ class TrainState:
     samples: int = 0
     tokens: int = 0
     train_seconds: float = 0.0
-
-
-@dataclass
-class DistInfo:
-    rank: int = 0
-    world: int = 1
-    # Tensor-parallel group size: ranks rank // tp * tp ... + tp - 1 read the same batch.
-    tp: int = 1
-
-    @property
-    def dp_world(self) -> int:
-        """Data-parallel replicas: how many ways each global batch is split."""
-        return self.world // self.tp
-
-    @property
-    def dp_rank(self) -> int:
-        return self.rank // self.tp
 
 
 def _is_compile_error(exc: BaseException) -> bool:
@@ -87,13 +74,14 @@ class Trainer:
         self,
         cfg: TrainConfig,
         model: AquilaModel,
-        data: Any,
+        data: TrainData,
         run_dir: Path,
         callbacks: list[Callback] | None = None,
         device: torch.device | None = None,
         dist: DistInfo | None = None,
     ):
-        """``data`` provides ``read(global_indices) -> Batch`` and ``source_names``."""
+        """``data``: the run's stream; the step itself only calls ``read(global_indices)`` and
+        ``source_names`` (a benchmark's synthetic tokens provide just those)."""
         self.cfg = cfg
         self.device = device or torch.device("cpu")
         self.dist = dist or DistInfo()
@@ -160,6 +148,10 @@ class Trainer:
         self._stop_anomaly = anomaly
 
     @property
+    def stop_requested(self) -> bool:
+        return self._stop_reason is not None
+
+    @property
     def stopped_by_anomaly(self) -> bool:
         return self._stop_reason is not None and self._stop_anomaly
 
@@ -168,11 +160,53 @@ class Trainer:
         self._skip_reason = reason
 
     def request_checkpoint(self) -> None:
+        """Checkpoint at this boundary (asked in ``before_step``) or right after this step
+        (asked in ``on_step``)."""
         self._checkpoint_requested = True
 
-    def record(self, kind: str, **details: Any) -> dict[str, Any]:
-        """Add an applied command/event to the run history (saved in checkpoints)."""
-        entry = {"step": self.state.step, "samples": self.state.samples, "kind": kind, **details}
+    def skip_samples(self, end: int) -> None:
+        """Move the data position forward to global sample ``end``: the samples in between are
+        never trained on (recorded in the history, so a resumed run skips them too)."""
+        start = self.state.samples
+        if end <= start:
+            raise ValueError(f"skip_samples({end}): the data position is already {start}")
+        self.state.samples = int(end)
+        self.record(Event.SKIP_SAMPLES, start=start, end=int(end))
+
+    def scale_lr(self, factor: float) -> float:
+        """Multiply the learning rate from this step on by ``factor``; returns the LR scale."""
+        self.schedule.scale *= float(factor)
+        return self.schedule.scale
+
+    def set_lr(self, value: float) -> float:
+        """The learning rate from this step on: ``value`` now, the schedule's shape after it
+        (as a scale of the scheduled rate); returns the LR scale."""
+        base = self.schedule.base_lr(self.state.step)
+        self.schedule.scale = float(value) / max(base, 1e-30)
+        return self.schedule.scale
+
+    def add_source(self, name: str, source: Any, weights: dict[str, float]) -> None:
+        """Open another token source and set ``weights`` (which may name it) from this step on;
+        the run's config lists it, so a resume opens it too. Changes nothing if it fails."""
+        self.data.add_source(name, source)
+        try:
+            self.data.set_weights(self.state.samples, weights)
+        except BaseException:
+            self.data.remove_source(name)
+            raise
+        listed = self.cfg.data.sources
+        if listed and name not in listed:
+            self.cfg.data.sources = sorted([*listed, name])
+
+    def record(self, kind: Event | str, **details: Any) -> dict[str, Any]:
+        """Add an applied command/event to the run history (saved in checkpoints); ``kind``
+        must be one of :class:`aquila.engine.history.Event` (ValueError otherwise)."""
+        entry = {
+            "step": self.state.step,
+            "samples": self.state.samples,
+            "kind": Event(kind).value,
+            **details,
+        }
         self.history.append(entry)
         return entry
 
@@ -184,7 +218,9 @@ class Trainer:
             obj.load_state_dict(self._pending_extra.pop(key))
 
     # -- the loop -----------------------------------------------------------------------------
-    def fit(self) -> str:
+    def fit(self, *, save_final: bool = True) -> str:
+        """Train to ``train.max_steps`` or a stop; returns the reason. ``save_final=False``
+        leaves out the last state's checkpoint (a benchmark writes none)."""
         t = self.cfg.train
         reason = "completed"
         window_start, window_tokens = time.perf_counter(), 0
@@ -194,16 +230,18 @@ class Trainer:
             while self.state.step < t.max_steps:
                 for cb in self.callbacks:
                     cb.before_step(self)
+                if self._checkpoint_requested:
+                    self.try_save()
                 if self._stop_reason:
                     reason = self._stop_reason
                     break
                 step_start = time.perf_counter()
                 metrics = self.train_step()
                 self.state.train_seconds += time.perf_counter() - step_start
-                window_tokens += metrics["batch_tokens"]
+                window_tokens += metrics.batch_tokens
                 if self.state.step % t.log_every == 0 or self.state.step == t.max_steps:
                     elapsed = time.perf_counter() - window_start
-                    metrics = self._finalize_metrics(metrics, window_tokens, elapsed)
+                    self._finalize_metrics(metrics, window_tokens, elapsed)
                     window_start, window_tokens = time.perf_counter(), 0
                 for cb in self.callbacks:
                     cb.on_step(self, metrics)
@@ -226,7 +264,7 @@ class Trainer:
                 self.wait_for_checkpoint()
             except SaveFailed as exc:
                 self._save_error(exc)  # "continue": the final checkpoint below is the retry
-            if reason == "completed" or self._stop_checkpoint:
+            if save_final and (reason == "completed" or self._stop_checkpoint):
                 last = latest_checkpoint(self.run_dir)
                 if last is None or not last.name.endswith(f"{self.state.step:08d}"):
                     self.save(wait=True)  # the last state: a failure here ends the run
@@ -239,7 +277,7 @@ class Trainer:
             cb.on_end(self, reason)
         return reason
 
-    def train_step(self) -> dict[str, Any]:
+    def train_step(self) -> StepMetrics:
         if self._compile_checked:
             return self._train_step()
         # The first step compiles (forward and backward graphs): a failure is the compiler's.
@@ -254,7 +292,7 @@ class Trainer:
         self._compile_checked = True
         return out
 
-    def _train_step(self) -> dict[str, Any]:
+    def _train_step(self) -> StepMetrics:
         t = self.cfg.train
         global_batch = self.ramp.size_at(self.state.step)
         local = global_batch // self.dist.dp_world
@@ -313,18 +351,19 @@ class Trainer:
         self.state.step += 1
         self.state.samples += global_batch
         self.state.tokens += global_batch * seq_len
-        return {
-            "step": self.state.step,
-            "lr": lr,
-            "batch_size": global_batch,
-            "batch_tokens": global_batch * seq_len,
-            "_loss": loss_sum / norm,
-            "_grad_norm": grad_norm,
-            "_src_loss": src_loss,
-            "_src_count": src_count,
-            "data_wait_s": data_wait,
-            "skipped": skipped,
-        }
+        return StepMetrics(
+            step=self.state.step,
+            lr=lr,
+            batch_size=global_batch,
+            batch_tokens=global_batch * seq_len,
+            data_wait_s=data_wait,
+            skipped=skipped,
+            loss_t=loss_sum / norm,
+            grad_norm_t=grad_norm,
+            source_loss_sum=src_loss,
+            source_count=src_count,
+            source_names=tuple(self.data.source_names),
+        )
 
     # -- helpers ------------------------------------------------------------------------------
     def _autocast(self):
@@ -396,7 +435,7 @@ class Trainer:
             for block in self.model.layers:
                 block.compile()
             self.compiled = "blocks"
-        self.record("compile", scope=self.compiled)
+        self.record(Event.COMPILE, scope=self.compiled)
 
     def _compile_failed(self, exc: BaseException) -> None:
         """Stop with the compiler's error, or (``train.compile_fallback``) go on eagerly."""
@@ -411,7 +450,7 @@ class Trainer:
         self.loss_fn = self._eager_loss_fn()
         for block in self.model.layers:
             block._compiled_call_impl = None  # what nn.Module.compile set
-        self.record("compile-fallback", scope=self.compiled, error=cause)
+        self.record(Event.COMPILE_FALLBACK, scope=self.compiled, error=cause)
         self.compiled = "eager-fallback"
         if self.is_main:
             print(
@@ -432,28 +471,27 @@ class Trainer:
 
             block.forward = wrapped
 
-    def _finalize_metrics(self, m: dict[str, Any], tokens: int, seconds: float) -> dict[str, Any]:
-        """Turn device tensors into numbers; only on logging steps, so other steps never sync."""
-        out = {k: v for k, v in m.items() if not k.startswith("_")}
-        out["loss"] = float(m["_loss"])
-        out["grad_norm"] = float(m["_grad_norm"])
-        counts = m["_src_count"].tolist()
-        out["source_loss"] = {
+    def _finalize_metrics(self, m: StepMetrics, tokens: int, seconds: float) -> None:
+        """Fill the plain numbers; only on logging steps, so other steps never sync."""
+        m.logged = True
+        m.loss = float(m.loss_t)
+        m.grad_norm = float(m.grad_norm_t)
+        counts = m.source_count.tolist()
+        m.source_loss = {
             name: float(loss) / c
-            for name, loss, c in zip(self.data.source_names, m["_src_loss"].tolist(), counts)
+            for name, loss, c in zip(m.source_names, m.source_loss_sum.tolist(), counts)
             if c > 0
         }
-        out["tokens"] = self.state.tokens
-        out["samples"] = self.state.samples
-        out["tokens_per_s"] = tokens / max(seconds, 1e-9)
-        achieved = out["tokens_per_s"] * self.flops_per_token
-        out["mfu"] = achieved / self.peak if self.peak else None
-        out["peak_memory"] = peak_memory_bytes(self.device)
+        m.tokens = self.state.tokens
+        m.samples = self.state.samples
+        m.tokens_per_s = tokens / max(seconds, 1e-9)
+        achieved = m.tokens_per_s * self.flops_per_token
+        m.mfu = achieved / self.peak if self.peak else None
+        m.peak_memory = peak_memory_bytes(self.device)
         remaining = self.cfg.train.max_steps - self.state.step
         per_step = seconds / max(1, self.cfg.train.log_every)
-        out["eta_s"] = remaining * per_step
-        out["time"] = time.time()
-        return out
+        m.eta_s = remaining * per_step
+        m.time = time.time()
 
     # -- checkpoints --------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -513,7 +551,7 @@ class Trainer:
     def _save_error(self, exc: SaveFailed) -> None:
         if self.cfg.train.on_save_error != "continue":
             raise exc
-        self.record("save-failed", error=str(exc))
+        self.record(Event.SAVE_FAILED, error=str(exc))
         if self.is_main:
             print(f"aquila: warning: {exc}; training goes on", file=sys.stderr, flush=True)
 
@@ -622,3 +660,17 @@ class Trainer:
 
     def resume_from(self, path: Path) -> None:
         self.load_state_dict(self.read_checkpoint(path))
+
+    def rewind(self, path: Path) -> None:
+        """Go back to checkpoint ``path``'s weights, optimizer and step, keeping what was decided
+        since (the history, the LR scale and the data's mixture): those name data positions,
+        which stay valid. Collective in a multi-process run."""
+        history, scale = list(self.history), self.schedule.scale
+        # The data's state travels in checkpoints only when registered (a run's stream is).
+        registered = any(obj is self.data for obj in self._extra_state.values())
+        data = self.data if registered else None
+        data_state = data.state_dict() if data is not None else None
+        self.load_state_dict(self.read_checkpoint(path))
+        self.history, self.schedule.scale = history, scale
+        if data is not None:
+            data.load_state_dict(data_state)

@@ -88,26 +88,17 @@ def _byte_budget(docs: list[str], budget: int) -> list[str]:
 
 
 def _bpb_run(lm: ModelLM, sources: list[Any], opts: RunOptions) -> dict[str, float]:
-    from aquila.eval.bpb import bits_per_byte, unigram_bpb
+    from aquila.eval.bpb import unigram_bpb
+    from aquila.eval.heldout import HeldoutSet, evaluate_heldout, pooled_bpb
 
-    metrics: dict[str, float] = {}
-    bits: dict[str, float] = {}
-    nbytes: dict[str, int] = {}
-    texts_all: list[str] = []
-    for name, lang, docs in sources:
-        if not docs:
-            continue
-        r = bits_per_byte(lm.model, lm.tokenizer, docs, batch_size=lm.batch_size)
-        metrics[f"bpb_{name}"] = r["bpb"]
-        for key in (lang, "all"):
-            bits[key] = bits.get(key, 0.0) + r["bpb"] * r["bytes"]
-            nbytes[key] = nbytes.get(key, 0) + r["bytes"]
-        texts_all += docs
-        if opts.advance:
-            opts.advance(1)
-    for key in bits:
-        metrics["bpb" if key == "all" else f"bpb_{key}"] = bits[key] / nbytes[key]
-    metrics["chance"] = unigram_bpb(texts_all)
+    sets = [HeldoutSet(name, lang, docs) for name, lang, docs in sources]
+    res = evaluate_heldout(
+        lm.model, lm.tokenizer, sets, batch_size=lm.batch_size, advance=opts.advance
+    )
+    metrics = {f"bpb_{name}": r["bpb"] for name, r in res["sources"].items()}
+    metrics["bpb"] = pooled_bpb(res)[0]
+    metrics.update({f"bpb_{lang}": r["bpb"] for lang, r in res["languages"].items()})
+    metrics["chance"] = unigram_bpb([t for s in sets for t in s.texts])
     return dict(sorted(metrics.items(), key=lambda kv: (kv[0].count("_") > 0, len(kv[0]), kv[0])))
 
 
@@ -124,32 +115,23 @@ def _bpb_files_task(path: str) -> Task:
         return files
 
     def run(lm: ModelLM, files: list[Any], opts: RunOptions) -> dict[str, float]:
-        from aquila.eval.bpb import bits_per_byte, unigram_bpb
+        from aquila.eval.bpb import unigram_bpb
+        from aquila.eval.heldout import HeldoutSet, evaluate_heldout, pooled_bpb
 
-        per_file: dict[str, float] = {}
-        per_file_unigram: dict[str, float] = {}
-        bits: dict[str, float] = {}
-        nbytes: dict[str, int] = {}
-        texts: dict[str, list[str]] = {}
-        for f in files:
-            r = bits_per_byte(lm.model, lm.tokenizer, f.documents, batch_size=lm.batch_size)
-            per_file[f"bpb:{f.name}"] = r["bpb"]
-            per_file_unigram[f"unigram:{f.name}"] = unigram_bpb(f.documents)
-            for key in (f.lang, ""):
-                bits[key] = bits.get(key, 0.0) + r["bpb"] * r["bytes"]
-                nbytes[key] = nbytes.get(key, 0) + r["bytes"]
-                texts.setdefault(key, []).extend(f.documents)
-            if opts.advance:
-                opts.advance(1)
-        metrics: dict[str, float] = {"bpb": bits[""] / nbytes[""]}
-        langs = sorted(k for k in bits if k)
-        metrics.update({f"bpb_{k}": bits[k] / nbytes[k] for k in langs})
-        metrics.update(per_file)
-        metrics.update({f"unigram_{k}": unigram_bpb(texts[k]) for k in langs})
-        metrics.update(per_file_unigram)
-        metrics["bytes"] = nbytes[""]
+        sets = [HeldoutSet(f.name, f.lang, f.documents) for f in files]
+        res = evaluate_heldout(
+            lm.model, lm.tokenizer, sets, batch_size=lm.batch_size, advance=opts.advance
+        )
+        langs = sorted(res["languages"].items())
+        total_bpb, total_bytes = pooled_bpb(res)
+        metrics: dict[str, float] = {"bpb": total_bpb}
+        metrics.update({f"bpb_{k}": r["bpb"] for k, r in langs})
+        metrics.update({f"bpb:{n}": r["bpb"] for n, r in res["sources"].items()})
+        metrics.update({f"unigram_{k}": r["unigram_bpb"] for k, r in langs})
+        metrics.update({f"unigram:{n}": r["unigram_bpb"] for n, r in res["sources"].items()})
+        metrics["bytes"] = total_bytes
         metrics["files"] = len(files)
-        metrics["chance"] = unigram_bpb(texts[""])
+        metrics["chance"] = unigram_bpb([t for s in sets for t in s.texts])
         return metrics
 
     return Task("bpb", "mixed", "bpb", None, load, run, f"bits per byte on {path}")

@@ -22,14 +22,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 
 from aquila.engine.callbacks import Callback
+from aquila.engine.history import Command, Event
 from aquila.mixing.config import PolicyConfig
 from aquila.mixing.policies import MixturePolicy, apply_bounds, build_policy
 
 if TYPE_CHECKING:
+    from aquila.engine.step import StepMetrics
     from aquila.engine.trainer import Trainer
 
 STATE_KEY = "mixing"
@@ -61,20 +62,9 @@ class MixingCallback(Callback):
         # Registered now so a resumed run's checkpoint restores the policy (load_state_dict).
         trainer.register_state(STATE_KEY, self)
 
-    def on_step(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
-        if "_src_loss" in metrics:
-            self._loss += metrics["_src_loss"].detach().to(self._loss)
-            self._count += metrics["_src_count"].detach().to(self._count)
-            return
-        # A logging step holds means only: the counts come from the sampler, a pure function.
-        size = int(metrics.get("batch_size") or trainer.ramp.size_at(trainer.state.step - 1))
-        g = np.arange(trainer.state.samples - size, trainer.state.samples, dtype=np.int64)
-        src, _ = trainer.data.sampler.sample(g)
-        counts = np.bincount(src, minlength=len(trainer.data.source_names)).astype(np.float64)
-        means = metrics.get("source_loss", {})
-        sums = [means.get(n, 0.0) * c for n, c in zip(trainer.data.source_names, counts)]
-        self._loss += torch.tensor(sums, dtype=self._loss.dtype, device=self._loss.device)
-        self._count += torch.tensor(counts, dtype=self._count.dtype, device=self._count.device)
+    def on_step(self, trainer: Trainer, metrics: StepMetrics) -> None:
+        self._loss += metrics.source_loss_sum.detach().to(self._loss)
+        self._count += metrics.source_count.detach().to(self._count)
 
     def before_step(self, trainer: Trainer) -> None:
         self._watch_history(trainer)
@@ -91,9 +81,9 @@ class MixingCallback(Callback):
             return  # a phase already starts inside this step: leave the step to it
         weights = self.policy.update(step, losses, counts, data.current_weights())
         weights = apply_bounds(weights, self._floors(data), self._caps(trainer))
-        data.set_weights(trainer.state.samples, weights)
+        data.set_weights(trainer.state.samples, weights, f"auto ({self.config.name})")
         entry = trainer.record(
-            "auto-mixture",
+            Event.AUTO_MIXTURE,
             weights=data.current_weights(),
             policy=self.config.name,
             losses=losses,
@@ -110,26 +100,22 @@ class MixingCallback(Callback):
         if trainer is None:
             self._resume_requested = True
             return
-        trainer.record("auto-mixture", on=True, by="user")
-        self._watch_history(trainer)
-
-    def pause_policy(self, trainer: Trainer, reason: str = "paused by user") -> None:
-        trainer.record("auto-mixture", on=False, by="user", reason=reason)
+        trainer.record(Event.AUTO_MIXTURE, on=True, by="user")
         self._watch_history(trainer)
 
     def _watch_history(self, trainer: Trainer) -> None:
         if self._resume_requested:
             self._resume_requested = False
-            trainer.record("auto-mixture", on=True, by="user")
+            trainer.record(Event.AUTO_MIXTURE, on=True, by="user")
         for entry in trainer.history[self._seen :]:
             self._inspect(trainer, entry)
         self._seen = len(trainer.history)
 
     def _inspect(self, trainer: Trainer, entry: dict[str, Any]) -> None:
         kind, by = entry.get("kind"), entry.get("by")
-        command = entry.get("command") if kind == "command" else kind
+        command = entry.get("command") if kind == Event.COMMAND else kind
         args = entry.get("args") or {}
-        if command == "auto-mixture" and by != "policy" and "on" in {**args, **entry}:
+        if command == Command.AUTO_MIXTURE and by != "policy" and "on" in {**args, **entry}:
             on = bool(args.get("on", entry.get("on")))
             if on and self.paused:
                 self.paused, self.paused_reason = False, ""
@@ -139,7 +125,7 @@ class MixingCallback(Callback):
                 self._zero(trainer, len(trainer.data.source_names))
             elif not on:
                 self.paused, self.paused_reason = True, "paused by command"
-        elif command == "phase" and kind == "command":
+        elif command == "phase" and kind == Event.COMMAND:  # a mixture file's scheduled phase
             self.policy.set_prior(entry.get("weights") or trainer.data.current_weights())
         elif command in MANUAL_COMMANDS and by != "policy":
             self.paused = True

@@ -24,9 +24,12 @@ import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aquila.errors import UserError
+
+if TYPE_CHECKING:
+    from aquila.data.mixture import MixturePlan
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -117,6 +120,19 @@ def read_toml(path: str | Path) -> dict[str, Any]:
         raise UserError(f"{path}: invalid TOML ({exc})") from None
 
 
+def policy_config(plan: MixturePlan, path: str | Path = "") -> PolicyConfig | None:
+    """The ``[policy]`` table of a parsed mixture file, validated; None when it has none.
+    Repetition limits default to the file's own ``default_max_epochs`` / ``[sources.NAME]``."""
+    if plan.policy is None:
+        return None
+    defaults: dict[str, Any] = {"max_epochs": plan.default_max_epochs}
+    if plan.max_epochs:
+        defaults["source_max_epochs"] = dict(plan.max_epochs)
+    return PolicyConfig.from_dict(
+        plan.policy, where=f"{path or plan.name}: [policy]", defaults=defaults
+    )
+
+
 def load_policy_config(path: str | Path) -> PolicyConfig | None:
     """The ``[policy]`` table of a mixture file or a policy file; None when it has none.
 
@@ -124,20 +140,14 @@ def load_policy_config(path: str | Path) -> PolicyConfig | None:
     limits default to the mixture file's own ``default_max_epochs`` / ``[sources.NAME]``.
     """
     raw = read_toml(path)
+    if "phases" in raw:
+        from aquila.data.mixture import load_mixture
+
+        return policy_config(load_mixture(path), path)
     if "policy" in raw:
         table = raw["policy"]
     elif raw and set(raw) <= KEYS and "name" in raw:
         table = raw
     else:
         return None
-    defaults: dict[str, Any] = {}
-    if "default_max_epochs" in raw:
-        defaults["max_epochs"] = raw["default_max_epochs"]
-    limits = {
-        name: spec["max_epochs"]
-        for name, spec in (raw.get("sources") or {}).items()
-        if isinstance(spec, dict) and "max_epochs" in spec
-    }
-    if limits:
-        defaults["source_max_epochs"] = limits
-    return PolicyConfig.from_dict(table, where=f"{path}: [policy]", defaults=defaults)
+    return PolicyConfig.from_dict(table, where=f"{path}: [policy]")

@@ -10,9 +10,7 @@ from aquila.checks import check_fields, integer, number, refuse, rule
 from aquila.errors import UserError
 
 if TYPE_CHECKING:
-    import torch
-
-    from aquila.model.transformer import AquilaModel
+    pass
 
 # Aquila2's vocabulary: 100,000 BPE tokens + 8 special tokens; [CLS] is BOS and </s> is EOS.
 AQUILA2_VOCAB = 100_008
@@ -85,12 +83,6 @@ class ModelConfig:
         if unknown:
             raise UserError(f"unknown model config key(s) {unknown}; valid keys: {sorted(known)}")
         return cls(**data)
-
-    def build(self, device: torch.device | str | None = None) -> AquilaModel:
-        """Instantiate the model; ``device='meta'`` allocates nothing."""
-        from aquila.model.transformer import AquilaModel
-
-        return AquilaModel(self, device=device)
 
 
 _PRESETS: dict[str, ModelConfig] = {

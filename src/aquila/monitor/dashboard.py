@@ -27,6 +27,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
+from aquila.checks import check_weights
+from aquila.engine.history import Command
+from aquila.errors import UserError
 from aquila.monitor import store
 from aquila.monitor.access import TOKEN_HEADER, Access, new_token, split_host
 from aquila.monitor.suggest import suggestions
@@ -50,16 +53,9 @@ UNAUTHORIZED_PAGE = b"""<!doctype html><meta charset="utf-8"><title>aquila monit
 <p>This dashboard needs its access token. Open the URL that <code>aquila monitor</code> printed
 (it ends in <code>?token=...</code>); the page then remembers it until the browser closes.</p>
 """
-COMMAND_KINDS = (
-    "set-mixture",
-    "set-phase",
-    "set-lr",
-    "auto-mixture",
-    "checkpoint-now",
-    "stop",
-    "pause",
-    "resume",
-)
+# The control queue's commands, less add-source: a new source is a directory on the training
+# host, named from a shell there (`aquila control RUN add-source NAME`), not from a browser.
+COMMAND_KINDS = tuple(c.value for c in Command if c is not Command.ADD_SOURCE)
 
 
 def plotly_js() -> Path | None:
@@ -90,15 +86,10 @@ def validate_command(kind: str, args: Any, known_sources: set[str]) -> dict[str,
         w = args.get("weights")
         if not isinstance(w, dict) or not w:
             raise CommandError("set-mixture needs weights {source: weight} or a phase")
-        unknown = sorted(set(w) - known_sources) if known_sources else []
-        if unknown:
-            raise CommandError(f"unknown source(s) {unknown}; known: {sorted(known_sources)}")
         try:
-            clean = {str(k): float(v) for k, v in w.items()}
-        except (TypeError, ValueError):
-            raise CommandError("weights must be numbers") from None
-        if any(not math.isfinite(v) or v < 0 for v in clean.values()) or sum(clean.values()) <= 0:
-            raise CommandError("weights must be finite, >= 0, with a positive sum")
+            clean = check_weights({str(k): v for k, v in w.items()}, known_sources or None)
+        except UserError as exc:
+            raise CommandError(str(exc)) from None
         return {"weights": clean}
     if kind == "set-lr":
         key = "value" if "value" in args else "scale" if "scale" in args else None

@@ -24,6 +24,7 @@ from aquila.engine.callbacks import Callback
 from aquila.monitor.config import EvalOptions
 
 if TYPE_CHECKING:
+    from aquila.engine.step import StepMetrics
     from aquila.engine.trainer import Trainer
 
 
@@ -66,7 +67,7 @@ class EvalTrigger(Callback):
         self.waiting = (trainer.checkpoint_state.step, Path(path))
         self._poll()
 
-    def on_step(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
+    def on_step(self, trainer: Trainer, metrics: StepMetrics) -> None:
         if self.waiting is not None:
             self._poll()
 
@@ -136,14 +137,10 @@ def heldout_sets(run_dir: Path, max_bytes: int) -> list:
     """The run's held-out text: ``data.heldout`` if set, else the sample corpus' held-out split
     when training on the samples; none for other data without a held-out dir."""
     from aquila.engine.config import load_config
-    from aquila.engine.report import heldout_from_dir, sample_heldout
+    from aquila.eval.heldout import run_heldout
 
     cfg = load_config(run_dir / "config.toml")
-    if cfg.data.heldout:
-        return heldout_from_dir(Path(cfg.data.heldout), max_bytes)
-    if not cfg.data.dir:
-        return sample_heldout(max_bytes)
-    return []
+    return run_heldout(cfg.data.heldout, cfg.data.dir, max_bytes)
 
 
 def evaluate_checkpoint(
@@ -162,7 +159,7 @@ def evaluate_checkpoint(
 
     from aquila.engine.config import load_config
     from aquila.engine.device import autocast_dtype
-    from aquila.engine.report import evaluate_heldout
+    from aquila.eval.heldout import evaluate_heldout
     from aquila.model.io import load_model_dir
     from aquila.monitor import store
     from aquila.tokenizer import Tokenizer
@@ -212,7 +209,7 @@ def _run_tasks(
 
 def check_tasks(specs: list[str], limit: int) -> None:
     """Refuse ``monitor.eval.tasks`` that name no task, collide, or whose files are malformed,
-    before a run starts (``aquila.engine.run.prepare_run``) rather than at every checkpoint's
+    before a run starts (``aquila.train.run.prepare_run``) rather than at every checkpoint's
     evaluation."""
     from aquila.eval.tasks import parse_tasks
 

@@ -13,6 +13,7 @@ from aquila.monitor import store
 from aquila.monitor.config import MonitorOptions
 
 if TYPE_CHECKING:
+    from aquila.engine.step import StepMetrics
     from aquila.engine.trainer import Trainer
 
 FIELDS = (
@@ -45,43 +46,13 @@ def parameter_norm(model: torch.nn.Module) -> float:
     return float(torch.nn.utils.get_total_norm(params, 2.0))
 
 
-def mixture_label(trainer: Trainer, plan_cache: dict[str, Any] | None = None) -> str:
-    """The name of the data phase in force: a named phase if one is known, else 'mixture N'."""
-    custom = False
-    for entry in reversed(trainer.history):
-        if entry.get("kind") == "auto-mixture" and "weights" in entry:
-            return f"auto ({entry.get('policy', 'policy')})"
-        if entry.get("phase"):
-            return str(entry["phase"])
-        if entry.get("command") == "set-phase":
-            return str((entry.get("args") or {}).get("name", "phase"))
-        if entry.get("command") in ("set-mixture", "add-source"):
-            custom = True  # hand-set weights: no named phase is in force
-            break
-    cfg = trainer.cfg.data
-    if cfg.mixture and not custom:
-        cache = plan_cache if plan_cache is not None else {}
-        try:
-            if "plan" not in cache:
-                from aquila.data.mixture import load_mixture
-
-                cache["plan"] = load_mixture(cfg.mixture)
-            return (
-                cache["plan"]
-                .phase_at_sample(trainer.state.samples, cfg.seq_len, trainer.cfg.train.batch_size)
-                .name
-            )
-        except Exception:  # a missing or edited mixture file must not break training
-            cache["plan"] = None
-    history = getattr(trainer.data, "history", None)
-    segments = getattr(history, "segments", ())
-    n = sum(1 for from_g, _ in segments if from_g <= trainer.state.samples)
-    return f"mixture {max(1, n)}"
+def mixture_label(trainer: Trainer) -> str:
+    """The name of the mixture in force: a phase's, ``auto (POLICY)`` or ``mixture N``."""
+    return trainer.data.label_at(trainer.state.samples, trainer.cfg.train.batch_size)
 
 
 def current_weights(trainer: Trainer) -> dict[str, float]:
-    get = getattr(trainer.data, "current_weights", None)
-    return {k: round(float(v), 6) for k, v in get().items()} if get else {}
+    return {k: round(float(v), 6) for k, v in trainer.data.current_weights().items()}
 
 
 class MetricsWriter(Callback):
@@ -92,7 +63,6 @@ class MetricsWriter(Callback):
         self._wandb = None
         self._weights: dict[str, float] | None = None
         self._label: str | None = None
-        self._plan: dict[str, Any] = {}
 
     def on_start(self, trainer: Trainer) -> None:
         if not trainer.is_main:
@@ -107,17 +77,18 @@ class MetricsWriter(Callback):
         if self.opts.wandb:
             self._wandb = _wandb(trainer)
 
-    def on_step(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
-        if "loss" not in metrics:
+    def on_step(self, trainer: Trainer, metrics: StepMetrics) -> None:
+        if not metrics.logged:
             return
         # Every rank joins the norm's reduction when parameters are sharded; rank 0 writes.
         norm = parameter_norm(trainer.model) if self.opts.param_norm else None
         if self.db is None:
             return
-        row = {k: metrics[k] for k in FIELDS if metrics.get(k) is not None}
-        row["source_loss"] = dict(metrics.get("source_loss") or {})
-        if metrics.get("skipped"):
-            row["skipped"] = str(metrics["skipped"])
+        values = metrics.row()
+        row = {k: values[k] for k in FIELDS if values.get(k) is not None}
+        row["source_loss"] = dict(metrics.source_loss)
+        if metrics.skipped:
+            row["skipped"] = str(metrics.skipped)
         if norm is not None:
             row["param_norm"] = norm
         row["lr_scale"] = trainer.schedule.scale
@@ -141,7 +112,7 @@ class MetricsWriter(Callback):
 
     def _check_mixture(self, trainer: Trainer) -> str:
         weights = current_weights(trainer)
-        label = mixture_label(trainer, self._plan)
+        label = mixture_label(trainer)
         if weights != self._weights or label != self._label:
             self._weights, self._label = weights, label
             store.add_mixture(self.db, trainer.state.step, trainer.state.samples, label, weights)

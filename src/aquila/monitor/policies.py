@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from aquila.engine.callbacks import Callback
+from aquila.engine.history import Event
 from aquila.monitor.config import DetectorOptions, MonitorOptions
 from aquila.monitor.detectors import (
     DivergenceDetector,
@@ -24,6 +25,7 @@ from aquila.monitor.detectors import (
 )
 
 if TYPE_CHECKING:
+    from aquila.engine.step import StepMetrics
     from aquila.engine.trainer import Trainer
 
 # Only these detectors judge a single batch, so only they may skip its update.
@@ -88,7 +90,7 @@ class AnomalyMonitor(Callback):
             {
                 tuple(e["skip"])
                 for e in trainer.history
-                if e.get("kind") == "rewind" and e.get("skip")
+                if e.get("kind") == Event.REWIND and e.get("skip")
             }
         )
         if self.db is None and trainer.is_main:
@@ -97,11 +99,9 @@ class AnomalyMonitor(Callback):
             self.db = store.open_db(trainer.run_dir)
 
     def before_step(self, trainer: Trainer) -> None:
-        g = trainer.state.samples
-        end = self.skips.jump(g)
+        end = self.skips.jump(trainer.state.samples)
         if end is not None:
-            trainer.state.samples = end
-            trainer.record("skip-samples", start=g, end=end)
+            trainer.skip_samples(end)
 
     def before_optimizer(self, trainer: Trainer, info: dict[str, Any]) -> None:
         size = trainer.ramp.size_at(trainer.state.step)
@@ -125,18 +125,18 @@ class AnomalyMonitor(Callback):
                     self._defer.append((finding, rec))
         self.buffer.append(rec)
 
-    def on_step(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
-        if not self.buffer or self.buffer[-1].step != metrics["step"]:
+    def on_step(self, trainer: Trainer, metrics: StepMetrics) -> None:
+        if not self.buffer or self.buffer[-1].step != metrics.step:
             return
         rec = self.buffer[-1]
-        if "loss" in metrics:
-            rec.src_loss = metrics.get("source_loss")
-            for name, v in (rec.src_loss or {}).items():
+        if metrics.logged:
+            rec.src_loss = dict(metrics.source_loss)
+            for name, v in rec.src_loss.items():
                 old = self.source_ema.get(name, v)
                 self.source_ema[name] = 0.9 * old + 0.1 * v
             self._flush(trainer)
         else:
-            rec.src_loss, rec.src_count = metrics.get("_src_loss"), metrics.get("_src_count")
+            rec.src_loss, rec.src_count = metrics.source_loss_sum, metrics.source_count
 
     # -- detection --------------------------------------------------------------------------
     def _flush(self, trainer: Trainer) -> None:
@@ -194,8 +194,8 @@ class AnomalyMonitor(Callback):
             return "skip"
         if policy == "lower-lr":
             factor = getattr(self.opts, finding.kind).lr_factor
-            trainer.schedule.scale *= factor
-            trainer.record("lower-lr", factor=factor, scale=trainer.schedule.scale, reason=reason)
+            scale = trainer.scale_lr(factor)
+            trainer.record(Event.LOWER_LR, factor=factor, scale=scale, reason=reason)
             return "lower-lr"
         if policy == "stop":
             # Weights after a non-finite update are not worth saving.
@@ -226,24 +226,23 @@ class AnomalyMonitor(Callback):
         if not older:
             return None
         step, path = older[-1]
-        history, scale = list(trainer.history), trainer.schedule.scale
-        data_state = trainer.data.state_dict() if hasattr(trainer.data, "state_dict") else None
         ranges = list(self.skips.ranges)
         # Every rank decides alike (loss and gradient norm are global) and reloads together.
-        trainer.load_state_dict(trainer.read_checkpoint(path))
-        trainer.history, trainer.schedule.scale = history, scale
-        if data_state is not None:
-            trainer.data.load_state_dict(data_state)
+        trainer.rewind(path)
         self.skips.ranges = sorted(set(ranges) | {(rec.start, rec.end)})
         self.rewinds += 1
         self.buffer.clear()
         trainer.record(
-            "rewind", to_step=step, checkpoint=str(path), skip=[rec.start, rec.end], reason=reason
+            Event.REWIND,
+            to_step=step,
+            checkpoint=str(path),
+            skip=[rec.start, rec.end],
+            reason=reason,
         )
         return step
 
     def _report(self, trainer: Trainer, finding: Finding, rec: StepRecord, action: str) -> None:
-        names = list(getattr(trainer.data, "source_names", []))
+        names = list(trainer.data.source_names)
         data: dict[str, Any] = {
             "evidence": finding.evidence,
             "action": action,
@@ -293,12 +292,9 @@ def _documents(trainer: Trainer, indices: list[int]) -> list[list[Any]]:
     import numpy as np
 
     data = trainer.data
-    reader = getattr(data, "reader", None)
-    if reader is None or not hasattr(reader, "documents"):
-        return []
     try:
         batch = data.read(np.asarray(indices[:MAX_DOCUMENTS], dtype=np.int64))
-        return [[list(d) for d in docs] for docs in reader.documents(batch)]
+        return [[list(d) for d in docs] for docs in data.documents(batch)]
     except Exception:  # tracing is best effort: never let it stop training
         return []
 

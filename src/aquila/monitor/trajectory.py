@@ -152,11 +152,6 @@ def checkpoint_curves(path: str | Path) -> dict[str, list[float]]:
     return _curves(found, stats)
 
 
-def checkpoint_tokens(path: str | Path) -> int:
-    state = torch.load(Path(path) / "train_state.pt", map_location="cpu", weights_only=True)
-    return int(state["trainer"]["tokens"])
-
-
 def trajectory_distances(
     a: Mapping[str, list[float]], b: Mapping[str, list[float]], tokens_between: int
 ) -> dict[str, float]:

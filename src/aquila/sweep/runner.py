@@ -73,8 +73,8 @@ class _Data:
 def _resolve_data(cfg) -> _Data:
     """The token shards, tokenizer and held-out text every run of the sweep uses."""
     from aquila.data.shards import load_sources
-    from aquila.engine.run import cache_dir, check_heldout, sample_shards
     from aquila.tokenizer import Tokenizer
+    from aquila.train.run import cache_dir, check_heldout, sample_shards
 
     if cfg.data.dir:
         if not cfg.tokenizer:
@@ -105,11 +105,9 @@ def _resolve_data(cfg) -> _Data:
 
 
 def _heldout_sets(data: _Data, max_bytes: int):
-    from aquila.engine.report import heldout_from_dir, sample_heldout
+    from aquila.eval.heldout import run_heldout
 
-    if data.heldout:
-        return heldout_from_dir(Path(data.heldout), max_bytes)
-    return sample_heldout(max_bytes)
+    return run_heldout(data.heldout, None, max_bytes)
 
 
 def _fingerprint(spec: SweepSpec) -> dict[str, Any]:
@@ -167,7 +165,7 @@ def run_sweep(
 ) -> list[dict[str, Any]]:
     """Train and score every (ratio, seed) not already scored; the results of all of them."""
     from aquila.engine.checkpoint import latest_checkpoint
-    from aquila.engine.config import load_config
+    from aquila.train.config import load_config
 
     base = load_config(spec.config, spec.base_overrides())
     base.validate()
@@ -203,9 +201,9 @@ def run_sweep(
 
 def _train_and_score(spec, base, data, sets, ratio, seed, weights, run_dir, quiet) -> dict:
     from aquila.engine.checkpoint import latest_checkpoint
-    from aquila.engine.config import load_config
-    from aquila.engine.report import evaluate_heldout
-    from aquila.engine.run import prepare_run
+    from aquila.eval.heldout import evaluate_heldout
+    from aquila.train.config import load_config
+    from aquila.train.run import prepare_run
 
     w = weights[ratio.label]
     if latest_checkpoint(run_dir) is not None:

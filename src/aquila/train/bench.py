@@ -12,10 +12,11 @@ import torch
 
 from aquila.data.batches import Batch
 from aquila.engine.callbacks import Callback
-from aquila.engine.config import load_config
 from aquila.engine.device import peak_memory_bytes, pick_device
+from aquila.engine.step import StepMetrics
 from aquila.engine.trainer import Trainer
-from aquila.model.transformer import flops_per_token
+from aquila.model.transformer import AquilaModel, flops_per_token
+from aquila.train.config import load_config
 
 
 class SyntheticData:
@@ -71,11 +72,11 @@ class StepTimer(Callback):
         _sync(trainer.device)
         self._t0 = time.perf_counter()
 
-    def on_step(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
+    def on_step(self, trainer: Trainer, metrics: StepMetrics) -> None:
         _sync(trainer.device)
         if trainer.state.step > self.warmup:
             self.times.append(time.perf_counter() - self._t0)
-            self.waits.append(metrics["data_wait_s"])
+            self.waits.append(metrics.data_wait_s)
 
 
 def run_benchmark(
@@ -110,7 +111,7 @@ def run_benchmark(
     if seq_len > cfg.model.max_seq_len:
         cfg.model = cfg.model.replace(max_seq_len=seq_len)
     torch.manual_seed(0)
-    model = cfg.model.build(device=dev)
+    model = AquilaModel(cfg.model, device=dev)
     timer = StepTimer(warmup, [], [])
     trainer = Trainer(
         cfg,
@@ -120,9 +121,7 @@ def run_benchmark(
         [timer],
         device=dev,
     )
-    # A benchmark writes no checkpoints (not even the final one ``fit`` ends with).
-    trainer.save = lambda wait=False: None
-    trainer.fit()
+    trainer.fit(save_final=False)
     step_s = float(np.median(timer.times))
     tokens_per_s = batch * seq_len / step_s
     fpt = flops_per_token(cfg.model, seq_len)

@@ -1,25 +1,20 @@
-"""The end-of-run report: held-out bits-per-byte per language beside the byte-unigram entropy,
-and two samples in each language: greedy, and a seeded nucleus sample.
+"""Held-out bits per byte: one evaluation for the end-of-run report, the background evaluator,
+ratio sweeps and the ``bpb`` tasks of ``aquila eval``.
 
-A small model's greedy continuation falls into a loop within a few words (the argmax of a
-repeated context is the repetition), so the report also shows what sampling gives: temperature
-0.8 with top-p 0.95, a common default, seeded so that the same checkpoint reports the same text.
+A held-out set is named text in one language: a sample-corpus source, a ``<lang>/`` directory of
+``data.heldout``, or one file of ``bpb:PATH``. Languages pool their sets' bits and bytes.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from aquila.eval.bpb import bits_per_byte, unigram_bpb
-from aquila.model.generate import document_start_id, generate
 from aquila.model.transformer import AquilaModel
 from aquila.tokenizer import Tokenizer
 
-SAMPLE_PROMPTS = {"en": "And God said,", "zh": "中国人民"}
-NUCLEUS = {"temperature": 0.8, "top_p": 0.95, "seed": 0}
 # Held-out text per source is capped so the report takes seconds, not minutes.
 MAX_HELDOUT_BYTES = 150_000
 
@@ -61,15 +56,34 @@ def heldout_from_dir(path: Path, max_bytes: int = MAX_HELDOUT_BYTES) -> list[Hel
     return sets
 
 
+def run_heldout(
+    heldout: str | Path | None, data_dir: str | Path | None, max_bytes: int = MAX_HELDOUT_BYTES
+) -> list[HeldoutSet]:
+    """A run's held-out text: its ``data.heldout`` directory if set, else the sample corpus'
+    held-out split when it trains on the samples (no ``data.dir``); none for other data."""
+    if heldout:
+        return heldout_from_dir(Path(heldout), max_bytes)
+    if not data_dir:
+        return sample_heldout(max_bytes)
+    return []
+
+
 def evaluate_heldout(
-    model: AquilaModel, tokenizer: Tokenizer, sets: list[HeldoutSet], seq_len: int
+    model: AquilaModel,
+    tokenizer: Tokenizer,
+    sets: list[HeldoutSet],
+    seq_len: int | None = None,
+    batch_size: int = 8,
+    advance: Callable[[int], None] | None = None,
 ) -> dict[str, dict]:
-    """bpb per source and per language (languages pool their sources' bits and bytes)."""
+    """bpb per set and per language (languages pool their sets' bits and bytes), each beside
+    the byte-unigram entropy of the same text. ``seq_len`` defaults to the model's context;
+    ``advance(1)`` is called after each set."""
     per_source, pooled = {}, {}
     for s in sets:
         if not s.texts:
             continue
-        r = bits_per_byte(model, tokenizer, s.texts, seq_len=seq_len)
+        r = bits_per_byte(model, tokenizer, s.texts, seq_len=seq_len, batch_size=batch_size)
         per_source[s.name] = {
             "lang": s.lang,
             "bpb": r["bpb"],
@@ -80,6 +94,8 @@ def evaluate_heldout(
         acc["bits"] += r["bpb"] * r["bytes"]
         acc["bytes"] += r["bytes"]
         acc["texts"].extend(s.texts)
+        if advance:
+            advance(1)
     per_lang = {
         lang: {
             "bpb": a["bits"] / a["bytes"],
@@ -91,32 +107,8 @@ def evaluate_heldout(
     return {"sources": per_source, "languages": per_lang}
 
 
-@torch.no_grad()
-def report_samples(
-    model: AquilaModel, tokenizer: Tokenizer, max_new_tokens: int = 48, nucleus: bool = False
-) -> dict[str, str]:
-    """A continuation of each language's prompt, which follows the start-of-document token as
-    in ``aquila generate``: greedy, or with ``nucleus`` the seeded ``NUCLEUS`` sample."""
-    sampling = {"greedy": True} if not nucleus else NUCLEUS
-    start = document_start_id(model.cfg, tokenizer)
-    out = {}
-    for lang, prompt in SAMPLE_PROMPTS.items():
-        ids = [
-            t
-            for t in generate(
-                model,
-                [start, *tokenizer.encode(prompt)],
-                max_new_tokens,
-                eos_id=tokenizer.eos_id,
-                **sampling,
-            )
-            if t != tokenizer.eos_id
-        ]
-        out[lang] = prompt + tokenizer.decode(ids)
-    return out
-
-
-def greedy_samples(
-    model: AquilaModel, tokenizer: Tokenizer, max_new_tokens: int = 48
-) -> dict[str, str]:
-    return report_samples(model, tokenizer, max_new_tokens)
+def pooled_bpb(result: dict[str, dict]) -> tuple[float, int]:
+    """The bpb and bytes of all of ``evaluate_heldout``'s sets together."""
+    bits = sum(r["bpb"] * r["bytes"] for r in result["sources"].values())
+    nbytes = sum(r["bytes"] for r in result["sources"].values())
+    return bits / nbytes, nbytes

@@ -164,8 +164,8 @@ def _leave_process_group() -> None:
 
 
 def _train_run(args: argparse.Namespace) -> int:
-    from aquila.engine.config import load_config
-    from aquila.engine.run import prepare_run, print_line
+    from aquila.train.config import load_config
+    from aquila.train.run import prepare_run, print_line
 
     overrides = list(args.overrides)
     if args.run_dir:
@@ -258,24 +258,13 @@ def _exit_code(trainer, reason: str) -> int:
 
 
 def _final_report(prepared, json_mode: bool) -> dict:
-    from pathlib import Path
-
-    from aquila.engine.report import (
-        NUCLEUS,
-        evaluate_heldout,
-        heldout_from_dir,
-        report_samples,
-        sample_heldout,
-    )
-    from aquila.engine.run import print_line
+    from aquila.eval.heldout import evaluate_heldout, run_heldout
+    from aquila.train.report import NUCLEUS, report_samples
+    from aquila.train.run import print_line
 
     cfg = prepared.cfg
     model = prepared.trainer.model
-    sets = (
-        heldout_from_dir(Path(cfg.data.heldout))
-        if cfg.data.heldout
-        else (sample_heldout() if not cfg.data.dir else [])
-    )
+    sets = run_heldout(cfg.data.heldout, cfg.data.dir)
     out: dict = {}
     if sets:
         res = evaluate_heldout(model, prepared.tokenizer, sets, cfg.data.seq_len)
@@ -307,7 +296,7 @@ def _bench(args: argparse.Namespace) -> int:
     if args.data is not None:
         out = _bench_data(args)
     else:
-        from aquila.engine.bench import run_benchmark
+        from aquila.train.bench import run_benchmark
 
         out = run_benchmark(
             args.preset,
@@ -332,11 +321,11 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _bench_data(args: argparse.Namespace) -> dict:
-    from aquila.engine.bench import data_pipeline_rate
-    from aquila.engine.data import open_train_data
-    from aquila.engine.run import cache_dir, sample_shards
+    from aquila.data.stream import open_train_data
     from aquila.tokenizer import Tokenizer
     from aquila.tokenizer.train import default_tokenizer
+    from aquila.train.bench import data_pipeline_rate
+    from aquila.train.run import cache_dir, sample_shards
 
     data_dir = args.data
     if not data_dir:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -13,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from aquila.data.stream import TrainData, open_train_data
 from aquila.engine.callbacks import (
     Callback,
     GracefulInterrupt,
@@ -21,17 +21,17 @@ from aquila.engine.callbacks import (
     TimeLimit,
 )
 from aquila.engine.checkpoint import latest_checkpoint, list_checkpoints
-from aquila.engine.config import TrainConfig, load_config
-from aquila.engine.data import TrainData, open_train_data
+from aquila.engine.config import CONFIG_FILE, TrainConfig
 from aquila.engine.device import pick_device
-from aquila.engine.trainer import DistInfo, Trainer
+from aquila.engine.distributed import DistInfo
+from aquila.engine.trainer import Trainer
 from aquila.errors import UserError
 from aquila.tokenizer import Tokenizer
+from aquila.train.config import load_config
 
 if TYPE_CHECKING:
     from aquila.engine.distributed import ParallelPlan
-
-CONFIG_FILE = "config.toml"
+    from aquila.mixing.config import PolicyConfig
 
 
 def cache_dir() -> Path:
@@ -99,7 +99,7 @@ def resolve_init_from(cfg: TrainConfig) -> InitSource:
         theirs = model_io.read_model_config(model_dir).to_dict()
     except UserError as exc:
         raise UserError(f"train.init_from: {exc}") from None
-    if "quantization" in json.loads((model_dir / model_io.CONFIG_FILE).read_text()):
+    if model_io.read_quant_config(model_dir) is not None:
         raise UserError(
             f"train.init_from: {model_dir} holds int4 weights; start from a full-precision model dir"
         )
@@ -361,9 +361,13 @@ def prepare_run(
         cfg.data.weights,
         tokenizer.hash,
         cfg.model.vocab_size,
+        cfg.data.mixture,
     )
-    if cfg.data.mixture and not resume:
-        _apply_mixture_file(cfg, data)
+    policy = None
+    if data.plan is not None and not any(_is_mixer(cb) for cb in callbacks or []):
+        from aquila.mixing.config import policy_config
+
+        policy = policy_config(data.plan, cfg.data.mixture)
 
     # 2. Take the run directory: its lock (rank 0, for the whole job), then clear what an
     #    interrupted save or prune left. The config is written when training starts.
@@ -391,6 +395,7 @@ def prepare_run(
             dist,
             init,
             resumed_from,
+            policy,
             callbacks,
             progress,
             quiet,
@@ -414,6 +419,7 @@ def _assemble(
     dist: DistInfo,
     init: InitSource | None,
     resumed_from: Path | None,
+    policy: PolicyConfig | None,
     callbacks: list[Callback] | None,
     progress: bool | None,
     quiet: bool,
@@ -446,7 +452,7 @@ def _assemble(
         cbs.append(TimeLimit(cfg.train.max_seconds))
     from aquila.engine.control import ControlCallback
 
-    cbs.append(ControlCallback(run_dir, mixture=cfg.data.mixture, since=started))
+    cbs.append(ControlCallback(run_dir, since=started, has_policy=policy is not None))
     if not quiet:
         cbs.append(ProgressReporter(cfg.train.max_steps, use_bar=progress))
     if monitor:
@@ -454,11 +460,11 @@ def _assemble(
 
         # The monitor's writer runs first so the caller's callbacks see the stored metrics.
         cbs.extend(monitor_callbacks(cfg.monitor))
-    if cfg.data.mixture and not any(_is_mixer(cb) for cb in callbacks or []):
-        from aquila.mixing import mixing_callbacks
+    if policy is not None:
+        from aquila.mixing.callback import MixingCallback
 
         # After ControlCallback: a manual mixture command pauses the policy at the same boundary.
-        cbs.extend(mixing_callbacks(cfg))
+        cbs.append(MixingCallback(policy))
     cbs.extend(callbacks or [])
     trainer = Trainer(cfg, model, data, run_dir, cbs, device=device, dist=dist)
     trainer.register_state("data", data)
@@ -494,23 +500,6 @@ def _is_mixer(cb: Callback) -> bool:
     return isinstance(cb, MixingCallback)
 
 
-def _apply_mixture_file(cfg: TrainConfig, data: TrainData) -> None:
-    from aquila.data.mixture import load_mixture
-
-    plan = load_mixture(cfg.data.mixture, known_sources=set(data.sources))
-    # The first phase from sample 0; later phases are set by ControlCallback when their first
-    # sample comes, so live commands in between never rewrite an already planned future.
-    from_g, weights = plan.segments(cfg.data.seq_len, cfg.train.batch_size)[0]
-    data.set_weights(from_g, weights)
-
-
 def print_line(text: str = "", json_mode: bool = False) -> None:
     # With --json, stdout carries only the final object; human-readable lines go to stderr.
     print(text, file=sys.stderr if json_mode else sys.stdout, flush=True)
-
-
-def copy_tokenizer(src: Path, dst: Path) -> None:
-    dst.mkdir(parents=True, exist_ok=True)
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-        if (src / name).is_file():
-            shutil.copy2(src / name, dst / name)
