@@ -55,10 +55,13 @@ class _Loader:
 class Finder:
     """A ``sys.meta_path`` entry that answers only for ``lm_eval.models``."""
 
+    searching = False  # another finder that asks the others in turn must not bring us back
+
     @classmethod
     def find_spec(cls, fullname, path=None, target=None):
-        if fullname != TRIGGER:
+        if fullname != TRIGGER or cls.searching:
             return None
+        cls.searching = True  # the import system holds the module's lock: one search at a time
         try:
             for finder in sys.meta_path:
                 if finder is cls or not hasattr(finder, "find_spec"):
@@ -70,6 +73,8 @@ class Finder:
                     return spec
         except Exception:
             pass
+        finally:
+            cls.searching = False
         return None  # the normal search goes on (and fails the same way, if it failed here)
 
 
