@@ -164,3 +164,46 @@ def test_lm_eval_command_line_runs_model_aquila(local_task, eval_model_dir, tmp_
     result = json.loads(path.read_text())["results"]["aquila_local_mc"]
     assert result["alias"] == "aquila_local_mc" and 0.0 <= result["acc,none"] <= 1.0
     assert "aquila" in proc.stdout  # lm_eval's summary line names the model
+
+
+def test_plain_lm_eval_command_runs_model_aquila(
+    local_task, eval_model_dir, eval_lm, tmp_path, capsys
+):
+    """lm_eval's own `lm_eval --model aquila` from the shell (the installed aquila-lm-eval.pth
+    registers the model): the score `aquila eval` gives on the same items, and aquila's own
+    log-likelihood for every choice."""
+    import json
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from aquila.cli import main
+
+    tasks, data = local_task
+    # This environment's script first (the one next to this interpreter).
+    search = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    exe = shutil.which("lm_eval", path=search)
+    if exe is None:
+        pytest.skip("lm_eval's console script is not installed")
+    src = str(Path(__file__).resolve().parents[2] / "src")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
+    args = ["--model", "aquila", "--model_args", f"path={eval_model_dir}", "--batch_size", "4"]
+    args += ["--tasks", "aquila_local_mc", "--include_path", str(tasks)]
+    args += ["--output_path", str(tmp_path / "out"), "--log_samples"]
+    proc = subprocess.run([exe, *args], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (path,) = (tmp_path / "out").rglob("results_*.json")
+    result = json.loads(path.read_text())["results"]["aquila_local_mc"]
+
+    assert main(["eval", str(eval_model_dir), "--tasks", f"mc:{data}", "--json", "--quiet"]) == 0
+    (ours,) = json.loads(capsys.readouterr().out.strip().splitlines()[-1]).values()
+    assert ours["n"] == len(MC_ROWS)
+    assert result["acc,none"] == ours["acc"]
+    (samples,) = (tmp_path / "out").rglob("samples_aquila_local_mc_*.jsonl")
+    by_doc = {s["doc_id"]: s for s in map(json.loads, samples.read_text().splitlines())}
+    for i, row in enumerate(MC_ROWS):
+        want = eval_lm.loglikelihood([(row["query"], c) for c in row["choices"]])
+        got = [float(r[0][0]) for r in by_doc[i]["resps"]]
+        assert got == pytest.approx([w.logprob for w in want], abs=1e-4), i

@@ -21,6 +21,9 @@ from __future__ import annotations
 from typing import Any
 
 try:
+    # lm_eval's own table first: its get_model() loads it only while the registry is empty, so
+    # registering "aquila" before it would hide every built-in model (hf, dummy, ...).
+    import lm_eval.models  # noqa: F401
     from lm_eval.api.model import LM
     from lm_eval.api.registry import register_model
 except ImportError as exc:  # pragma: no cover - exercised only without lm_eval
