@@ -189,10 +189,37 @@ def train_tokenizer(out: Path, docs_per_source: int = 200) -> Path:
 
 
 # -- one measured run per fresh process --------------------------------------------------------
+def _driver_peak_kb() -> int:
+    """This process's peak RSS in KiB. On Linux the high-water mark of its own address space
+    (``VmHWM``): ``ru_maxrss`` of a process started by ``subprocess`` (vfork + exec) keeps the
+    peak of the process that started it, so the driver would report the bench's own peak (it
+    holds the whole corpus while building it) and seem to grow with the corpus."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+
+
+def _reset_driver_peak() -> bool:
+    """Start the driver's high-water mark again from its current RSS (Linux: clear_refs 5)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
 def _peaks() -> dict:
-    kb = 1024  # ru_maxrss is in KiB on Linux
+    kb = 1024
     return {
-        "driver_peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * kb / 1e6,
+        "driver_peak_mb": _driver_peak_kb() * kb / 1e6,
+        # Pool workers are forked, not exec'd: their ru_maxrss is their own (shared pages of
+        # the driver included), and the largest reaped one is what RUSAGE_CHILDREN keeps.
         "worker_peak_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * kb / 1e6,
     }
 
@@ -204,43 +231,46 @@ def run_aquila(corpus: Path, work: Path, workers: int, tokenizer: Path) -> dict:
     from aquila.data.workspace import DataWorkspace
 
     truth = json.loads((corpus / "truth.json").read_text())
-    mb = truth["raw_bytes"] / 1e6
+    files, mb = truth["files"], truth["raw_bytes"] / 1e6
+    evals = [Path(p) for p in truth["evals"].values()]
+    del truth  # the planted pairs grow with the corpus: read again to score the run, after it
     ws = DataWorkspace(work / "ws")
-    stages = {}
-    t = time.perf_counter()
-    ws.catalog.add_source("en", [Path(p) for p in truth["files"]["en"]], "en", "web")
-    ws.catalog.add_source("zh", [Path(p) for p in truth["files"]["zh"]], "zh", "news")
-    stages["add"] = time.perf_counter() - t
     pipe = Pipeline(ws, workers=workers)
-    peaks = {}  # ru_maxrss only grows: the value after a stage is the peak up to it
-    t = time.perf_counter()
-    pipe.clean()
-    stages["clean"] = time.perf_counter() - t
-    peaks["clean"] = _peaks()
-    t = time.perf_counter()
-    pipe.dedup(DedupConfig(threshold=0.8))
-    stages["dedup"] = time.perf_counter() - t
-    peaks["dedup"] = _peaks()
-    t = time.perf_counter()
-    pipe.decontaminate([Path(p) for p in truth["evals"].values()])
-    stages["decontaminate"] = time.perf_counter() - t
-    peaks["decontaminate"] = _peaks()
+    argv = ["data", "tokenize", "--workspace", str(work / "ws"), "--tokenizer", str(tokenizer),
+            "--out", str(work / "shards"), "--json"]  # fmt: skip
+
+    def add() -> None:
+        ws.catalog.add_source("en", [Path(p) for p in files["en"]], "en", "web")
+        ws.catalog.add_source("zh", [Path(p) for p in files["zh"]], "zh", "news")
+
+    def tokenize() -> None:
+        ws.close()
+        with open(os.devnull, "w") as null:
+            stdout, sys.stdout = sys.stdout, null
+            try:
+                assert main(argv) == 0
+            finally:
+                sys.stdout = stdout
+
+    steps = {"add": add, "clean": pipe.clean, "dedup": lambda: pipe.dedup(DedupConfig(0.8)),
+             "decontaminate": lambda: pipe.decontaminate(evals), "tokenize": tokenize}  # fmt: skip
+    stages, peaks, stage_driver = {}, {}, {}
+    setup_mb = _driver_peak_kb() * 1024 / 1e6
+    for name, step in steps.items():
+        _reset_driver_peak()  # the driver's peak of this stage alone (where Linux allows)
+        t = time.perf_counter()
+        step()
+        stages[name] = time.perf_counter() - t
+        stage_driver[name] = round(_driver_peak_kb() * 1024 / 1e6, 1)
+        # The peak up to and including this stage, as ru_maxrss would count it.
+        peaks[name] = {**_peaks(), "driver_peak_mb": max(setup_mb, *stage_driver.values())}
+    # Scoring reads every removal and the planted truth: after the measured stages.
+    truth = json.loads((corpus / "truth.json").read_text())
+    ws = DataWorkspace(work / "ws")
     removed = {d.split(":", 1)[1]: r for _, d, r, _ in ws.catalog.removals("dedup")}
     cleaned = {d.split(":", 1)[1] for _, d, _, _ in ws.catalog.removals("clean")}
     contaminated = {d.split(":", 1)[1] for _, d, _, _ in ws.catalog.removals("decontaminate")}
     ws.close()
-    t = time.perf_counter()
-    argv = ["data", "tokenize", "--workspace", str(work / "ws"), "--tokenizer", str(tokenizer),
-            "--out", str(work / "shards"), "--json"]  # fmt: skip
-    with open(os.devnull, "w") as null:
-        stdout, sys.stdout = sys.stdout, null
-        try:
-            rc = main(argv)
-        finally:
-            sys.stdout = stdout
-    assert rc == 0
-    stages["tokenize"] = time.perf_counter() - t
-    peaks["tokenize"] = _peaks()
     return {
         "tool": "aquila",
         "raw_mb": mb,
@@ -252,6 +282,7 @@ def run_aquila(corpus: Path, work: Path, workers: int, tokenizer: Path) -> dict:
         ),
         "end_to_end_mb_per_s": round(mb / sum(stages.values()), 2),
         "peaks_after": peaks,
+        "driver_stage_peak_mb": stage_driver,
         **_quality(truth, removed, cleaned),
         "eval_planted_docs": len(truth["contaminated"]),
         "eval_planted_removed": sum(
@@ -260,7 +291,7 @@ def run_aquila(corpus: Path, work: Path, workers: int, tokenizer: Path) -> dict:
         "eval_planted_removed_by_decontaminate": sum(
             d in contaminated for d in truth["contaminated"]
         ),  # fmt: skip
-        **_peaks(),
+        **peaks["tokenize"],
     }
 
 
@@ -456,7 +487,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{k} after {stage}": round(b[f"{k}_peak_mb"] / a[f"{k}_peak_mb"], 3)
         if a[f"{k}_peak_mb"]
         else None
-        for stage in ("decontaminate", "tokenize")
+        for stage in ("clean", "dedup", "decontaminate", "tokenize")
         for a, b in [(e["peaks_after"][stage], f["peaks_after"][stage])]
         for k in ("driver", "worker")
     }

@@ -32,8 +32,11 @@ from aquila.errors import UserError
 DEFAULT_PART_DOCS = 1000
 # Bumped when a stage's rules change, so existing outputs count as stale.
 STAGE_VERSION = {"clean": 3, "dedup": 2, "decontaminate": 1}
-# Candidate pairs per verification task (it holds the texts of the documents they name).
-VERIFY_PAIRS = 1024
+# Candidate pairs per verification task (it holds the texts and shingle sets of the documents
+# they name, about 0.1 MB per pair at 8 K-character documents): small enough that a verification
+# worker stays below a clean worker, so the largest worker does not grow with the corpus when
+# a bigger corpus fills every task.
+VERIFY_PAIRS = 256
 Progress = Callable[[int, int], None]  # (parts done, parts total)
 
 
@@ -223,7 +226,7 @@ def _verify(task: _VerifyTask, cfg: dedup.DedupConfig) -> tuple[np.ndarray, np.n
         sig = np.load(_sig_files(Path(base))[0], mmap_mode="r")
         for i in rows:
             sigs[(o << 32) | i] = np.array(sig[i])
-        with open(src, encoding="utf-8") as f:  # only the lines the pairs name
+        with open(src, "rb") as f:  # only the lines the pairs name are decoded
             for i, line in enumerate(f):
                 if i in rows:
                     texts[(o << 32) | i] = json.loads(line)["text"]
@@ -429,7 +432,7 @@ class Pipeline:
         true_j = np.concatenate([v[1] for v in verified]) if verified else np.zeros(0)
         order = np.lexsort((pairs[:, 1], pairs[:, 0])) if len(pairs) else np.zeros(0, int)
         plan = dedup.plan_removals(exact, pairs[order], true_j[order])
-        ids = _IdLookup(sig_tasks, inputs)
+        ids = _IdLookup(sig_tasks, inputs, {x for g, (_, k, _) in plan.items() for x in (g, k)})
         removed: dict[int, dict[int, tuple[str, str]]] = {}
         dups = []
         for g, (reason, k, jac) in sorted(plan.items()):
@@ -499,13 +502,20 @@ class Pipeline:
 
 
 class _IdLookup:
-    """``source/doc_id`` of a global id, reading a part's ids only when one is asked for."""
+    """``source/doc_id`` of the global ids the removal plan names. Each part's ids are read once
+    and only the wanted ones kept: the driver holds ids of duplicates, never of every document."""
 
-    def __init__(self, sig_tasks: list[_SigTask], inputs: list[tuple[str, PartRecord]]):
-        self.tasks, self.inputs, self.cache = sig_tasks, inputs, {}
+    def __init__(
+        self, sig_tasks: list[_SigTask], inputs: list[tuple[str, PartRecord]], wanted: set[int]
+    ):
+        by_part: dict[int, list[int]] = {}
+        for g in wanted:
+            by_part.setdefault(g >> 32, []).append(g)
+        self.refs: dict[int, str] = {}
+        for o in sorted(by_part):
+            part_ids = json.loads(_sig_files(sig_tasks[o].base)[2].read_text("utf-8"))
+            for g in by_part[o]:
+                self.refs[g] = f"{inputs[o][0]}/{part_ids[g & 0xFFFFFFFF]}"
 
     def ref(self, gid: int) -> str:
-        o = gid >> 32
-        if o not in self.cache:
-            self.cache[o] = json.loads(_sig_files(self.tasks[o].base)[2].read_text("utf-8"))
-        return f"{self.inputs[o][0]}/{self.cache[o][gid & 0xFFFFFFFF]}"
+        return self.refs[gid]
