@@ -59,10 +59,11 @@ def _run(root: Path, corpus, executor: str, workers: int) -> tuple[dict, list]:
     return files, removals
 
 
-def test_one_and_four_workers_write_the_same_bytes(tmp_path, corpus):
+def test_one_two_and_four_workers_write_the_same_bytes(tmp_path, corpus):
     one = _run(tmp_path / "one", corpus, "local", 1)
+    two = _run(tmp_path / "two", corpus, "local", 2)
     four = _run(tmp_path / "four", corpus, "local", 4)
-    assert one == four
+    assert one == two == four
     files, removals = one
     assert len([k for k in files if k.startswith("stages/dedup/")]) >= 10
     assert any(r[2] == "contaminated" for r in removals)
