@@ -31,7 +31,7 @@ import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -583,9 +583,8 @@ def save_model_dir(model: AquilaModel, out: str | Path, tokenizer: Tokenizer | N
     return out
 
 
-def read_model_config(path: str | Path) -> ModelConfig:
-    """The ``ModelConfig`` stored in a model dir's ``model.json``."""
-    path = Path(path)
+def _read_meta(path: Path) -> tuple[dict[str, Any], Path]:
+    """A model dir's ``model.json``, checked as far as every reader needs, and its path."""
     if not path.is_dir():
         raise UserError(f"model dir {path} does not exist")
     file = path / CONFIG_FILE
@@ -604,6 +603,10 @@ def read_model_config(path: str | Path) -> ModelConfig:
         )
     if not isinstance(meta.get("config"), dict):
         raise UserError(f'{file}: "config" must be an object')
+    return meta, file
+
+
+def _model_config(meta: dict[str, Any], file: Path) -> ModelConfig:
     try:
         return ModelConfig.from_dict(meta["config"])
     except UserError as exc:
@@ -612,13 +615,9 @@ def read_model_config(path: str | Path) -> ModelConfig:
         raise UserError(f"{file}: bad config: {exc}") from None
 
 
-def read_quant_config(path: str | Path) -> QuantConfig | None:
-    """The ``quantization`` entry of a model dir's ``model.json`` (its int4 layout), or None for
-    full-precision weights: the one test of whether a model dir is quantized."""
+def _quant_config(meta: dict[str, Any], file: Path) -> QuantConfig | None:
     from aquila.model.int4 import QuantConfig
 
-    read_model_config(path)  # validates the file and names it in errors
-    meta = json.loads((Path(path) / CONFIG_FILE).read_text())
     q = meta.get("quantization")
     if q is None:
         return None
@@ -626,8 +625,21 @@ def read_quant_config(path: str | Path) -> QuantConfig | None:
         cfg = QuantConfig.from_dict(q)
         cfg.validate()
     except (TypeError, UserError) as exc:
-        raise UserError(f"{Path(path) / CONFIG_FILE}: bad quantization entry: {exc}") from None
+        raise UserError(f"{file}: bad quantization entry: {exc}") from None
     return cfg
+
+
+def read_model_config(path: str | Path) -> ModelConfig:
+    """The ``ModelConfig`` stored in a model dir's ``model.json``."""
+    return _model_config(*_read_meta(Path(path)))
+
+
+def read_quant_config(path: str | Path) -> QuantConfig | None:
+    """The ``quantization`` entry of a model dir's ``model.json`` (its int4 layout), or None for
+    full-precision weights: the one test of whether a model dir is quantized."""
+    meta, file = _read_meta(Path(path))
+    _model_config(meta, file)  # a quantized dir's model section is checked as well
+    return _quant_config(meta, file)
 
 
 def load_model_dir(
@@ -639,8 +651,9 @@ def load_model_dir(
     from aquila.model.transformer import AquilaModel
 
     path = Path(path)
-    cfg = read_model_config(path)
-    qcfg = read_quant_config(path)
+    meta, file = _read_meta(path)
+    cfg = _model_config(meta, file)
+    qcfg = _quant_config(meta, file)
     if qcfg is not None:
         return _load_int4(path, cfg, qcfg, device)
     source = open_weights(path)
